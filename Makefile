@@ -1,0 +1,51 @@
+# make demo  - set up what is missing, start a local RabbitMQ, run the 3-worker tour
+# make test  - set up what is missing, then lint and the whole test suite on a real broker
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BROKER_PORT ?= 5672
+export BROKER_PORT
+
+.PHONY: help setup demo test lint format broker-up broker-down broker-status clean
+
+help:
+	@echo "make demo         the tour: broker, 3 workers, emit tasks.csv, report"
+	@echo "make test         lint, then every test against a real RabbitMQ"
+	@echo "make broker-up    start the local RabbitMQ (BROKER_PORT=$(BROKER_PORT))"
+	@echo "make broker-down  stop it"
+	@echo "make lint         ruff and mypy"
+
+# Re-run the install only when the project's dependencies change.
+$(STAMP): pyproject.toml requirements.txt scripts/setup
+	@scripts/setup
+	@touch $@
+
+setup: $(STAMP)
+
+broker-up:
+	@scripts/broker start
+
+broker-down:
+	@scripts/broker stop
+
+broker-status:
+	@scripts/broker status
+
+demo: $(STAMP) broker-up
+	@scripts/demo
+
+lint: $(STAMP)
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+format: $(STAMP)
+	@$(BIN)/ruff check --fix .
+	@$(BIN)/ruff format .
+
+test: lint
+	@$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,210 @@
+"""The `emit` command."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import click
+
+from emitter.emit import EmitOptions, emit, failure_summary
+from emitter.publisher import DEFAULT_WINDOW
+from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
+from utils.cli_common import broker_options, handle_errors, make_settings
+from utils.errors import BadInput, ExitCode
+from utils.logformat import EventLog, shorten
+from utils.settings import mask_url
+
+PREVIEW_ROWS = 5
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", required=False, metavar="[FILE|-]")
+@click.option(
+    "-m",
+    "--message",
+    "messages",
+    multiple=True,
+    metavar="TEXT",
+    help="Send this text as a task (repeatable), instead of a file.",
+)
+@click.option(
+    "--header/--no-header",
+    default=False,
+    show_default=True,
+    help="Whether the first line names the columns.",
+)
+@click.option(
+    "--column",
+    metavar="NAME|N",
+    help="Use one field as the body: a header name or a 1-based number. "
+    "Default: all fields joined by a space.",
+)
+@click.option("--delimiter", default=",", show_default=True, help="Field separator.")
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="Text encoding of the file; a UTF-8 BOM is skipped.",
+)
+@click.option(
+    "--start-row",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="First row to send (rows count from 1, blank lines and header excluded).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Send at most this many rows.")
+@click.option(
+    "--order",
+    type=click.Choice(["file", "longest-first"]),
+    default="file",
+    show_default=True,
+    help="longest-first sends tasks by decreasing number of dots (the LPT rule), "
+    "which shortens the run; it reads the whole file into memory.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Check the input and show what would be sent; needs no broker."
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep reconnecting if the broker goes away mid-run.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(min=1),
+    default=DEFAULT_WINDOW,
+    show_default=True,
+    help="Most messages awaiting a publisher confirm at once.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@broker_options
+@handle_errors
+def main(
+    source,
+    messages,
+    header,
+    column,
+    delimiter,
+    encoding,
+    start_row,
+    limit,
+    order,
+    dry_run,
+    retry_for,
+    window,
+    quiet,
+    urls,
+    queue,
+    queue_type,
+    log_dir,
+):
+    """Publish every row of a CSV file as a persistent task on the work queue.
+
+    Each row becomes one message, its fields joined by a space; every message is
+    confirmed by the broker before it counts as sent. The whole file is checked first:
+    if any row is bad, nothing is sent.
+
+    \b
+    Examples:
+      emit tasks.csv
+      emit --message "Hello..." --message "World."
+      cat tasks.csv | emit -
+      emit big.csv --header --column body --start-row 5001
+    """
+    if source is None and not messages:
+        raise BadInput(
+            "nothing to send", "give a CSV file (emit tasks.csv), '-' for stdin, or --message TEXT"
+        )
+    if source is not None and messages:
+        raise BadInput("give a file or --message, not both", "")
+    if len(delimiter) != 1:
+        raise BadInput(
+            f"--delimiter must be one character, not '{delimiter}'",
+            "for a tab, use --delimiter $'\\t'",
+        )
+    try:
+        import codecs
+
+        codecs.lookup(encoding)
+    except LookupError:
+        raise BadInput(f"unknown --encoding '{encoding}'", "try utf-8, latin-1 or cp1252") from None
+    csv_opts = CsvOptions(header, column, delimiter, encoding, start_row, limit)
+    opts = EmitOptions(source, tuple(messages), csv_opts, order, window, retry_for)
+    settings = make_settings(urls, queue, queue_type, log_dir)
+
+    if dry_run:
+        _dry_run(opts)
+        return
+
+    log = EventLog(log_dir / "emitter.log", echo=False)
+    bar = None
+
+    def on_start(total: int | None) -> None:
+        nonlocal bar
+        if total and not quiet and sys.stderr.isatty():
+            bar = click.progressbar(
+                length=total,
+                label="confirmed",
+                show_eta=True,
+                show_percent=True,
+                show_pos=True,
+                file=sys.stderr,
+            )
+            bar.__enter__()
+
+    def on_confirm(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    try:
+        report = emit(settings, opts, log=log, on_start=on_start, on_confirm=on_confirm)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    r = report.result
+    if r.error or r.unroutable or r.nacked:
+        raise failure_summary(report)
+    rate = r.confirmed / r.seconds if r.seconds > 0 else 0.0
+    extras = [f"{r.republished} republished"] if r.republished else []
+    if report.stats.blank:
+        extras.append(f"{report.stats.blank} blank line(s) skipped")
+    extras.append(f"{rate:,.0f} tasks/s")
+    click.echo(
+        f"published {r.confirmed} tasks to queue {queue} at {mask_url(r.url)} in {r.seconds:.2f} s "
+        f"(all confirmed; {', '.join(extras)}); run {report.run_id}"
+    )
+    if report.queue_note:
+        click.echo(f"note: {report.queue_note}", err=True)
+
+
+def _dry_run(opts: EmitOptions) -> None:
+    """Check the input, show the first messages, print the total; no broker involved."""
+    if opts.source is None:
+        bodies = list(opts.messages)
+        for n, body in enumerate(bodies[:PREVIEW_ROWS], start=1):
+            click.echo(f"row {n}: {shorten(body)}")
+        click.echo(f"dry run: {len(bodies)} tasks would be sent; nothing was published")
+        return
+    if opts.source != "-":
+        stats = validate_file(opts.source, opts.csv)
+    stats = ReadStats()
+    with open_source(opts.source, opts.csv.encoding) as stream:
+        rows = iter_rows(stream, opts.source, opts.csv, stats)
+        for row in itertools.islice(rows, PREVIEW_ROWS):
+            click.echo(
+                f"row {row.row} (line {row.line}): {shorten(row.body)}  [{row.body.count('.')} dots]"
+            )
+        for _ in rows:
+            pass
+    blank = f", {stats.blank} blank line(s) skipped" if stats.blank else ""
+    click.echo(f"dry run: {stats.selected} tasks would be sent{blank}; nothing was published")
+    if stats.selected == 0:
+        sys.exit(int(ExitCode.NOTHING_DONE))
+
+
+__all__ = ["Path", "main"]

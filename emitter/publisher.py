@@ -1,0 +1,290 @@
+"""Publishing tasks with publisher confirms over a window of unconfirmed messages.
+
+One asynchronous pika connection carries the whole run. Up to `window` messages may be
+unconfirmed at once; confirms stream in (often many at a time, `multiple=True`) and free
+room for more. If the connection drops, every unconfirmed message is published again on
+the next connection with the same message id, so a duplicate can be seen in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.spec import Basic
+
+from utils import broker
+from utils.errors import BrokerUnavailable, TaskToolError
+from utils.settings import Settings, url_host
+from utils.task import Task
+
+log = logging.getLogger(__name__)
+
+#: How many messages may wait for their confirm at once.
+DEFAULT_WINDOW = 2000
+#: Errors after which the emitter tries to reconnect again.
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (TaskToolError, *broker.CONNECTION_ERRORS)
+#: How often a nacked message is published again before it is reported.
+MAX_NACK_RETRIES = 3
+
+
+@dataclass
+class PublishResult:
+    """What happened to every task we were given."""
+
+    published: int = 0  # basic.publish calls, republishes included
+    confirmed: int = 0  # distinct tasks the broker confirmed
+    republished: int = 0
+    unroutable: list[Task] = field(default_factory=list)
+    nacked: list[Task] = field(default_factory=list)
+    reconnects: int = 0
+    seconds: float = 0.0
+    first_unconfirmed_row: int | None = None  # every row before it is confirmed
+    error: TaskToolError | None = None
+    url: str = ""
+
+
+@dataclass
+class _Pending:
+    task: Task
+    nacks: int = 0
+
+
+class Publisher:
+    """Publishes an iterator of tasks to the work queue, confirming every one."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        window: int = DEFAULT_WINDOW,
+        retry_for: float = 60.0,
+        blocked_timeout: float = 300.0,
+        on_confirm: Callable[[int], None] | None = None,
+        on_event: Callable[..., object] | None = None,
+        rows_ascending: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.rows_ascending = rows_ascending
+        self.window = window
+        self.retry_for = retry_for
+        self.blocked_timeout = blocked_timeout
+        self._on_confirm = on_confirm or (lambda n: None)
+        self._event = on_event or (lambda event, **kw: None)
+        self.result = PublishResult()
+        self._tasks: Iterator[Task] = iter(())
+        self._exhausted = False
+        self._retry: deque[_Pending] = deque()  # to publish again, before new tasks
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()  # delivery tag -> task
+        self._returned: set[str] = set()
+        self._next_tag = 1
+        self._channel: Any = None
+        self._conn: pika.SelectConnection | None = None
+        self._finished = False
+        self._lost: BaseException | None = None
+        self._fatal: TaskToolError | None = None
+        self._min_unpublished_row: int | None = None
+        self._confirm_rows_seen = 0
+
+    # -- the run ---------------------------------------------------------------------------
+    def publish(self, tasks: Iterator[Task], url: str) -> PublishResult:
+        """Publish every task; returns when all are confirmed or the broker stayed away."""
+        self._tasks = tasks
+        self.result.url = url
+        started = time.monotonic()
+        deadline: float | None = None
+        delay = 0.5
+        while True:
+            self._run_connection(url)
+            if self._finished or self._fatal:
+                break
+            # The connection was lost with work left: reconnect with a capped back-off.
+            reason = broker.plain_reason(self._lost) if self._lost else "unknown"
+            self._requeue_pending()
+            self._event("connection_lost", reason=reason, unconfirmed=len(self._retry))
+            if deadline is None:
+                deadline = time.monotonic() + self.retry_for
+            new_url = self._reconnect(deadline, delay)
+            if not new_url:
+                self._fatal = BrokerUnavailable(
+                    f"the broker did not come back within {self.retry_for:g} s", ""
+                )
+                break
+            url = self.result.url = new_url
+            self.result.reconnects += 1
+            self._event("reconnected", node=url_host(url), republishing=len(self._retry))
+            deadline = None
+        self.result.seconds = time.monotonic() - started
+        self.result.error = self._fatal
+        self.result.first_unconfirmed_row = self._first_unconfirmed_row()
+        return self.result
+
+    def _reconnect(self, deadline: float, delay: float) -> str | None:
+        """Wait for the broker to answer again (re-declaring the queue); None on time-out."""
+        while time.monotonic() < deadline:
+            time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
+            try:
+                conn, url = broker.connect(self.settings, client_name="emit")
+                try:
+                    broker.declare_queue(conn, self.settings)
+                finally:
+                    conn.close()
+                return url
+            except RECONNECT_ERRORS as exc:
+                self._event("reconnect_failed", reason=getattr(exc, "message", str(exc)))
+        return None
+
+    def _run_connection(self, url: str) -> None:
+        self._lost = None
+        params = broker.parameters(url, client_name="emit", blocked_timeout=self.blocked_timeout)
+        self._conn = pika.SelectConnection(
+            params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+        )
+        self._conn.add_on_connection_blocked_callback(self._on_blocked)
+        self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
+        self._conn.ioloop.start()
+
+    # -- connection callbacks -------------------------------------------------------------
+    def _on_open(self, conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_channel_open)
+
+    def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
+        self._lost = exc
+        if broker.is_access_refused(exc):
+            self._fatal = broker.explain_connect_error(exc, self.result.url)
+        conn.ioloop.stop()
+
+    def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
+        if not self._finished:
+            self._lost = reason
+            if broker.is_blocked_timeout(reason):
+                self._fatal = BrokerUnavailable(
+                    f"the broker blocked publishing for over {self.blocked_timeout:g} s "
+                    "(a memory or disk alarm)",
+                    "free memory or disk space on the broker's machine, then rerun with "
+                    "--start-row as printed below",
+                )
+        conn.ioloop.stop()
+
+    def _on_blocked(self, conn: Any, frame: Any) -> None:
+        reason = getattr(frame.method, "reason", "") or "a resource alarm"
+        self._event("blocked", reason=reason, wait_up_to=f"{self.blocked_timeout:g}s")
+
+    def _on_unblocked(self, conn: Any, frame: Any) -> None:
+        self._event("unblocked")
+
+    def _on_channel_open(self, channel: Any) -> None:
+        self._channel = channel
+        self._next_tag = 1
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm_frame, callback=lambda _frame: self._pump())
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        if self._finished or self._conn is None:
+            return
+        self._lost = reason
+        if self._conn.is_open:
+            self._conn.close()
+
+    # -- publishing and confirms ------------------------------------------------------------
+    def _pump(self) -> None:
+        """Publish until the window is full or there is nothing left, then maybe finish."""
+        ch = self._channel
+        if ch is None or not ch.is_open:
+            return
+        queue = self.settings.queue
+        pending = self._pending
+        while len(pending) < self.window:
+            if self._retry:
+                item = self._retry.popleft()
+                self.result.republished += 1
+            elif not self._exhausted:
+                try:
+                    task = next(self._tasks)
+                except StopIteration:
+                    self._exhausted = True
+                    continue
+                except TaskToolError as exc:  # a bad row on stdin: stop, keep what is sent
+                    self._exhausted = True
+                    self._fatal = exc
+                    continue
+                item = _Pending(task)
+            else:
+                break
+            ch.basic_publish("", queue, item.task.encode(), item.task.properties(), mandatory=True)
+            pending[self._next_tag] = item
+            self._next_tag += 1
+            self.result.published += 1
+        if self._exhausted and not pending and not self._retry:
+            self._finished = True
+            assert self._conn is not None
+            self._conn.close()
+
+    def _on_confirm_frame(self, frame: Any) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        acked = isinstance(method, Basic.Ack)
+        pending = self._pending
+        done: list[_Pending] = []
+        if multiple:
+            while pending:
+                first = next(iter(pending))
+                if first > tag:
+                    break
+                done.append(pending.pop(first))
+        elif tag in pending:
+            done.append(pending.pop(tag))
+        confirmed = 0
+        for item in done:
+            if not acked:
+                item.nacks += 1
+                if item.nacks <= MAX_NACK_RETRIES:
+                    self._retry.append(item)
+                else:
+                    self.result.nacked.append(item.task)
+                continue
+            if item.task.task_id in self._returned:
+                self._returned.discard(item.task.task_id)
+                self.result.unroutable.append(item.task)
+                continue
+            confirmed += 1
+        if confirmed:
+            self.result.confirmed += confirmed
+            self._on_confirm(confirmed)
+        self._pump()
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        if properties.message_id:
+            self._returned.add(properties.message_id)
+
+    def _requeue_pending(self) -> None:
+        """Everything unconfirmed on the lost channel is published again, in its order."""
+        items = list(self._pending.values())
+        self._pending.clear()
+        self._returned.clear()
+        self._retry.extendleft(reversed(items))
+
+    def _first_unconfirmed_row(self) -> int | None:
+        """The smallest row not confirmed: every row before it is."""
+        rows = [p.task.row for p in self._pending.values()]
+        rows += [p.task.row for p in self._retry]
+        rows += [t.row for t in self.result.unroutable + self.result.nacked]
+        if not self._exhausted:
+            if self.rows_ascending:
+                nxt = next(self._tasks, None)
+                rows += [nxt.row] if nxt is not None else []
+            else:
+                rows += [t.row for t in self._tasks]
+        known = [r for r in rows if r is not None]
+        return min(known) if known else None

@@ -1,0 +1,138 @@
+"""Running our commands as real processes, and waiting on events in their logs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+
+from utils.logformat import parse_line
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+#: Upper bound for waiting on an event; tests wait for the event, not for this long.
+WAIT = 60.0
+
+
+def run(
+    cmd: str, *args: str, env: dict[str, str], input: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run emit, work or tasks to completion and capture what it printed."""
+    return subprocess.run(
+        [str(BIN / cmd), *args],
+        env=env,
+        input=input.decode() if input else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=env.get("PWD", str(ROOT)),
+    )
+
+
+@dataclass
+class Proc:
+    """A command running in the background, in its own process group."""
+
+    popen: subprocess.Popen[bytes]
+    out: Path
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def wait(self, timeout: float = WAIT) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+
+def spawn(cmd: str, *args: str, env: dict[str, str], out: Path) -> Proc:
+    f = open(out, "wb")  # noqa: SIM115 - the child holds it
+    p = subprocess.Popen(
+        [str(BIN / cmd), *args],
+        env=env,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=env.get("PWD", str(ROOT)),
+    )
+    f.close()
+    return Proc(p, out)
+
+
+def events(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    return [e for e in (parse_line(x) for x in lines) if e is not None]
+
+
+def wait_for(
+    what: str, check: Callable[[], object], timeout: float = WAIT, alive: Proc | None = None
+) -> object:
+    """Poll check() until it returns something truthy; fail with `what` if it never does."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = check()
+        if got:
+            return got
+        if alive is not None and alive.popen.poll() is not None:
+            raise AssertionError(f"process exited before {what}:\n{alive.output()}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_event(
+    path: Path, event: str, count: int = 1, alive: Proc | None = None, **fields: str
+) -> list[dict[str, str]]:
+    def check() -> list[dict[str, str]]:
+        found = [
+            e
+            for e in events(path)
+            if e["event"] == event and all(e.get(k) == v for k, v in fields.items())
+        ]
+        return found if len(found) >= count else []
+
+    return wait_for(f"{count}x {event} {fields} in {path.name}", check, alive=alive)  # type: ignore[return-value]
+
+
+def drain(url: str, queue: str) -> list[tuple[pika.spec.Basic.GetOk, pika.BasicProperties, bytes]]:
+    """Take every message off a queue with basic_get (acking them)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        out = []
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((method, props, body))
+    finally:
+        conn.close()
+
+
+def queue_counts(url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) from a passive declare."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ok = conn.channel().queue_declare(queue, passive=True)
+        return ok.method.message_count, ok.method.consumer_count
+    finally:
+        conn.close()
+
+
+def no_traceback(text: str) -> bool:
+    return "Traceback" not in text

@@ -1,0 +1,70 @@
+"""emit against the real broker: what lands in the queue, and what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers import ROOT, drain, events, no_traceback, queue_counts, run
+
+
+def csv_lines() -> list[str]:
+    return (ROOT / "tasks.csv").read_text().splitlines()
+
+
+def test_emit_publishes_exactly_the_csv_rows_with_bodies_and_properties(
+    env, broker_url, queue, logs
+):
+    r = run("emit", "tasks.csv", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"published 20 tasks to queue {queue}" in r.stdout
+    assert "all confirmed" in r.stdout
+    assert ":***@" in r.stdout and "guest:guest" not in r.stdout
+
+    got = drain(broker_url, queue)
+    lines = csv_lines()
+    assert [body.decode() for _, _, body in got] == lines
+    run_ids = {props.headers["run-id"] for _, props, _ in got}
+    assert len(run_ids) == 1
+    run_id = run_ids.pop()
+    for n, (_, props, _) in enumerate(got, start=1):
+        assert props.delivery_mode == 2
+        assert props.content_type == "text/plain"
+        assert props.content_encoding == "utf-8"
+        assert props.message_id == f"{run_id}-{n}"
+        assert props.headers["source-row"] == n
+        assert props.headers["source-file"] == "tasks.csv"
+        assert props.timestamp and props.timestamp > 1_700_000_000
+    assert len({props.message_id for _, props, _ in got}) == 20
+
+    done = [e for e in events(logs / "emitter.log") if e["event"] == "emit_done"]
+    assert done and done[-1]["run"] == run_id and done[-1]["confirmed"] == "20"
+
+
+def test_emit_declares_a_durable_quorum_queue_by_default(env, broker_url, queue):
+    assert run("emit", "--message", "x.", env=env).returncode == 0
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:  # a declaration with the same arguments is accepted only if they match
+        conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    finally:
+        conn.close()
+
+
+def test_malformed_csv_publishes_no_rows(env, broker_url, queue, tmp_path: Path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('Task 1 .\nTask 2 ..\n"Task 3 never closes\nTask 4 .\n')
+    r = run("emit", str(bad), env=env)
+    assert r.returncode == 2
+    assert "bad.csv:3" in r.stderr and "quote" in r.stderr
+    assert no_traceback(r.stderr)
+    # nothing half-sent: the queue was never even declared
+    assert run("emit", "--message", "probe", env=env).returncode == 0
+    assert queue_counts(broker_url, queue)[0] == 1
+
+
+def test_missing_csv_says_so_and_exits_2(env):
+    r = run("emit", "nope.csv", env=env)
+    assert r.returncode == 2
+    assert "nope.csv: no such file" in r.stderr
+    assert "hint:" in r.stderr and no_traceback(r.stderr)

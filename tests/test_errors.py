@@ -1,0 +1,67 @@
+"""Every error we know about: one clear line, a hint, a named exit code, no traceback."""
+
+from __future__ import annotations
+
+import pika
+import pytest
+
+from tests.helpers import no_traceback, run
+
+
+@pytest.mark.parametrize("cmd", [["emit", "tasks.csv"], ["work", "--max-tasks", "1"]])
+def test_unreachable_broker_says_how_to_start_one(env, cmd):
+    env = {**env, "AMQP_URL": "amqp://guest:guest@localhost:1/%2F"}
+    r = run(*cmd, env=env)
+    assert r.returncode == 3, r.stderr
+    assert "no broker answers at localhost:1" in r.stderr
+    assert "make broker-up" in r.stderr
+    assert no_traceback(r.stderr)
+
+
+@pytest.mark.parametrize("cmd", [["emit", "tasks.csv"], ["work", "--max-tasks", "1"]])
+def test_refused_credentials_say_which_user(env, broker_url, cmd):
+    secret = "s3cr3t-marker"
+    env = {**env, "AMQP_URL": broker_url.replace("guest:guest", f"guest:{secret}")}
+    r = run(*cmd, env=env)
+    assert r.returncode == 4, r.stderr
+    assert "refused the login of user 'guest'" in r.stderr
+    assert secret not in r.stderr + r.stdout
+    assert no_traceback(r.stderr)
+
+
+def test_unknown_vhost_says_how_to_create_it(env, broker_url):
+    env = {**env, "AMQP_URL": broker_url.replace("%2F", "no-such-vhost")}
+    r = run("emit", "tasks.csv", env=env)
+    assert r.returncode == 4
+    assert "vhost 'no-such-vhost' does not exist" in r.stderr
+    assert "add_vhost" in r.stderr
+
+
+def test_malformed_url_is_a_usage_error(env):
+    r = run("emit", "tasks.csv", env={**env, "AMQP_URL": "http://localhost"})
+    assert r.returncode == 2
+    assert "is not an AMQP URL" in r.stderr and no_traceback(r.stderr)
+
+
+@pytest.mark.parametrize("cmd", [["emit", "tasks.csv"], ["work", "--max-tasks", "1"]])
+def test_queue_that_is_not_durable_is_refused_with_what_to_do(env, broker_url, queue, cmd):
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        conn.channel().queue_declare(queue, durable=False)
+        r = run(*cmd, env=env)
+    finally:
+        conn.close()
+    assert r.returncode == 5, r.stderr
+    assert f"queue '{queue}' already exists but is not a durable" in r.stderr
+    assert "--queue" in r.stderr and no_traceback(r.stderr)
+
+
+def test_existing_classic_queue_is_used_as_it_is(env, broker_url, queue, logs):
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        conn.channel().queue_declare(queue, durable=True)  # as the tutorial declares it
+    finally:
+        conn.close()
+    r = run("emit", "--message", "hello.", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "exists as a classic queue; using it as it is" in r.stderr

@@ -1,0 +1,66 @@
+"""The failures we know about, each with a hint and a named exit code."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes shared by every command; documented in docs/EXIT_CODES.md."""
+
+    OK = 0
+    #: nothing to do (an empty CSV), or `tasks report` found tasks missing
+    NOTHING_DONE = 1
+    #: bad input or options: nothing was sent
+    BAD_INPUT = 2
+    #: the broker could not be reached (or stayed away longer than we wait)
+    BROKER_UNAVAILABLE = 3
+    #: the broker refused our credentials or the vhost
+    ACCESS_REFUSED = 4
+    #: the queue exists in a shape we cannot use safely
+    QUEUE_MISMATCH = 5
+    #: the broker closed our channel for a reason we cannot recover from
+    CHANNEL_CLOSED = 6
+    #: a cold stop (second Ctrl+C): the current task went back to the queue
+    COLD_STOP = 130
+
+
+class TaskToolError(Exception):
+    """An error with one line saying what went wrong and one saying what to do."""
+
+    exit_code: ExitCode = ExitCode.BAD_INPUT
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class BadInput(TaskToolError):
+    exit_code = ExitCode.BAD_INPUT
+
+
+class NothingToDo(TaskToolError):
+    exit_code = ExitCode.NOTHING_DONE
+
+
+class BrokerUnavailable(TaskToolError):
+    exit_code = ExitCode.BROKER_UNAVAILABLE
+
+
+class AccessRefused(TaskToolError):
+    exit_code = ExitCode.ACCESS_REFUSED
+
+
+class QueueMismatch(TaskToolError):
+    exit_code = ExitCode.QUEUE_MISMATCH
+
+
+class ChannelClosed(TaskToolError):
+    exit_code = ExitCode.CHANNEL_CLOSED
+
+
+class ConnectionLost(TaskToolError):
+    """The connection or channel went away mid-run; callers may reconnect."""
+
+    exit_code = ExitCode.BROKER_UNAVAILABLE

@@ -1,0 +1,115 @@
+"""The log line format: one event per line, `key=value` pairs, read back by `tasks report`.
+
+    ts=2026-11-26T23:59:01.123Z event=started worker=host-42 task=20261126T235900-ab12-3 row=3 ...
+
+A value with a space, a quote, an equals sign or nothing in it is written as a JSON string.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+_BARE = re.compile(r'^[^\s"=]+$')
+_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
+
+#: Bodies are shortened to this many characters in log lines.
+BODY_CHARS = 60
+#: A worker's log file rotates at this size, keeping BACKUPS old files.
+MAX_BYTES = 10 * 1024 * 1024
+BACKUPS = 5
+
+
+def now_iso() -> str:
+    """The current UTC time, to the millisecond, as the logs write it."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    s = str(v)
+    return s if _BARE.match(s) else json.dumps(s, ensure_ascii=False)
+
+
+def format_event(event: str, **fields: Any) -> str:
+    """One log line for an event; fields whose value is None are left out."""
+    parts = [f"ts={now_iso()}", f"event={event}"]
+    parts += [f"{k}={_value(v)}" for k, v in fields.items() if v is not None]
+    return " ".join(parts)
+
+
+def parse_line(line: str) -> dict[str, str] | None:
+    """The fields of one log line, or None when the line is not in our format."""
+    line = line.strip()
+    if not line.startswith("ts="):
+        return None
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(line):
+        m = _PAIR.match(line, pos)
+        if not m:
+            return None
+        key, raw = m.group(1), m.group(2)
+        if raw.startswith('"'):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                return None
+        out[key] = raw
+        pos = m.end()
+    if "event" not in out:
+        return None
+    try:
+        parse_ts(out["ts"])
+    except ValueError:
+        return None
+    return out
+
+
+def shorten(text: str, limit: int = BODY_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class EventLog:
+    """Writes event lines to a rotating file and, optionally, to the terminal."""
+
+    def __init__(self, path: Path, *, echo: bool = True, name: str = "") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # One logger per file; handlers are added once, however often this is built.
+        self._logger = logging.getLogger(f"tasks.events.{path.resolve()}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        if not self._logger.handlers:
+            handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+            )
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self._logger.addHandler(handler)
+        self.echo = echo
+        self.name = name
+
+    def event(self, event: str, **fields: Any) -> str:
+        line = format_event(event, **fields)
+        self._logger.info(line)
+        if self.echo:
+            print(line, file=sys.stderr, flush=True)
+        return line
+
+    def close(self) -> None:
+        for h in list(self._logger.handlers):
+            h.close()
+            self._logger.removeHandler(h)

@@ -1,0 +1,119 @@
+"""A task as it travels: one CSV row, with the wire format owned in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+
+#: Headers we set on every message; the worker reads them back.
+H_FILE = "source-file"
+H_ROW = "source-row"
+H_RUN = "run-id"
+H_ATTEMPT = "x-attempt"  # our own count of attempts, for classic queues
+H_REASON = "x-failure-reason"
+H_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
+
+
+class DecodeError(ValueError):
+    """A message body we cannot read as a task."""
+
+
+def new_run_id() -> str:
+    """A run id that sorts by time and is unique enough: 20261126T235900-ab12."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def task_id(run_id: str, row: int) -> str:
+    return f"{run_id}-{row}"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One unit of work: its body text plus where it came from."""
+
+    body: str
+    task_id: str
+    row: int | None = None
+    run_id: str | None = None
+    source: str | None = None
+    attempt: int = 1
+
+    @property
+    def dots(self) -> int:
+        return self.body.count(".")
+
+    @classmethod
+    def from_row(cls, body: str, row: int, run_id: str, source: str) -> Task:
+        return cls(body, task_id(run_id, row), row, run_id, source)
+
+    def properties(self, timestamp: int | None = None) -> pika.BasicProperties:
+        """Persistent, text/plain, with the message id and our headers."""
+        headers: dict[str, Any] = {H_RUN: self.run_id, H_ROW: self.row}
+        if self.source is not None:
+            headers[H_FILE] = self.source
+        if self.attempt > 1:
+            headers[H_ATTEMPT] = self.attempt
+        return pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            content_type="text/plain",
+            content_encoding="utf-8",
+            message_id=self.task_id,
+            timestamp=int(time.time()) if timestamp is None else timestamp,
+            headers=headers,
+        )
+
+    def encode(self) -> bytes:
+        return self.body.encode("utf-8")
+
+    @classmethod
+    def decode(cls, properties: pika.BasicProperties, body: bytes) -> Task:
+        """Read a delivered message; messages from other producers get a stable made-up id."""
+        headers = properties.headers or {}
+        row = headers.get(H_ROW)
+        run = headers.get(H_RUN)
+        tid = properties.message_id or "untracked-" + hashlib.sha1(body).hexdigest()[:12]
+        attempt = _attempt(headers)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"body is not valid UTF-8 (byte {exc.start})") from None
+        if "\x00" in text:
+            raise DecodeError("body contains a NUL byte")
+        return cls(
+            text,
+            str(tid),
+            int(row) if isinstance(row, int) else None,
+            _text(run),
+            _text(headers.get(H_FILE)),
+            attempt,
+        )
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _attempt(headers: dict[str, Any]) -> int:
+    """Attempt number from the quorum queue's delivery count or our own header."""
+    ours = headers.get(H_ATTEMPT)
+    broker = headers.get(H_DELIVERY_COUNT)
+    n = 1
+    if isinstance(ours, int):
+        n = max(n, ours)
+    if isinstance(broker, int):
+        n = max(n, broker + 1)
+    return n
+
+
+def delivery_ids(properties: pika.BasicProperties, body: bytes) -> tuple[str, Any, Any]:
+    """Message id, row and run of any message, even one whose body cannot be decoded."""
+    headers = properties.headers or {}
+    tid = properties.message_id or "untracked-" + hashlib.sha1(body).hexdigest()[:12]
+    return str(tid), headers.get(H_ROW), _text(headers.get(H_RUN))

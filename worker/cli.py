@@ -1,0 +1,151 @@
+"""The `work` command: one process is one worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from pathlib import Path
+
+import click
+
+from utils.cli_common import broker_options, handle_errors, make_settings
+from utils.errors import ExitCode
+from utils.logformat import EventLog
+from worker.consumer import Worker, WorkerOptions
+from worker.handlers import DotSleep, Handler, RunCommand
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def log_path(log_dir: Path, name: str) -> Path:
+    """logs/worker-<name>.log, with the name made safe for a file name."""
+    return log_dir / f"worker-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.log"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--name", default=None, help="Worker name in logs and reports. [default: HOST-PID]")
+@click.option(
+    "--seconds-per-dot",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    envvar="SECONDS_PER_DOT",
+    help="The simulated task sleeps this long for every '.' in its body.",
+)
+@click.option(
+    "--exec",
+    "command",
+    metavar="CMD",
+    help="Run CMD for each task instead of sleeping: the body comes on stdin and in "
+    "TASK_BODY (also TASK_ID, TASK_ROW, TASK_ATTEMPT); exit 0 means done.",
+)
+@click.option(
+    "--shell",
+    is_flag=True,
+    help="Run --exec through /bin/sh (only then do quotes, pipes and ; mean anything).",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Unacked tasks the broker may hand this worker at once. 1 is fair dispatch; "
+    "more trades fairness for throughput on very short tasks.",
+)
+@click.option("--max-tasks", type=click.IntRange(min=1), help="Exit after this many tasks.")
+@click.option(
+    "--exit-when-idle",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Exit once no task has come for this many seconds.",
+)
+@click.option(
+    "--task-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="A task running longer than this fails (and is retried).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Attempts before a failing task goes to the dead-letter queue <queue>.dead.",
+)
+@click.option(
+    "--heartbeat",
+    type=click.IntRange(min=0),
+    metavar="SECONDS",
+    help="AMQP heartbeat to ask for. [default: the broker's, 60 s]",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Write events to the log file only.")
+@broker_options
+@handle_errors
+def main(
+    name,
+    seconds_per_dot,
+    command,
+    shell,
+    prefetch,
+    max_tasks,
+    exit_when_idle,
+    task_timeout,
+    max_attempts,
+    heartbeat,
+    quiet,
+    urls,
+    queue,
+    queue_type,
+    log_dir,
+):
+    """Take tasks from the work queue one at a time and do them, until stopped.
+
+    Start as many as you like, in other terminals or on other machines: the broker
+    hands each worker one task at a time (fair dispatch), and a task is acknowledged
+    only after it is done, so a worker that dies loses nothing.
+
+    Ctrl+C (or SIGTERM) once: finish the current task, then exit. Twice: give the task
+    back to the queue and exit at once.
+    """
+    name = name or default_name()
+    settings = make_settings(urls, queue, queue_type, log_dir, heartbeat)
+    handler: Handler = RunCommand(command, shell) if command else DotSleep(seconds_per_dot)
+    if shell and not command:
+        raise click.BadParameter("--shell only goes with --exec", param_hint="--shell")
+    opts = WorkerOptions(
+        name=name,
+        prefetch=prefetch,
+        max_tasks=max_tasks,
+        exit_when_idle=exit_when_idle,
+        heartbeat=heartbeat,
+        task_timeout=task_timeout,
+        max_attempts=max_attempts,
+    )
+    log = EventLog(log_path(log_dir, name), echo=not quiet)
+    worker = Worker(settings, opts, handler, log)
+
+    def on_signal(signum: int, frame: object) -> None:
+        worker.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        summary = worker.run()
+    finally:
+        log.event(
+            "worker_stopped",
+            worker=name,
+            done=worker.summary.done,
+            failed=worker.summary.failed,
+            dead_lettered=worker.summary.dead_lettered,
+            redelivered=worker.summary.redelivered,
+            busy=worker.summary.busy,
+            stop=worker.summary.stop,
+        )
+    click.echo(summary.line(name), err=True)
+    if worker.stop_stage == 2:
+        raise SystemExit(int(ExitCode.COLD_STOP))

@@ -1,0 +1,103 @@
+"""What a worker does with one task: the tutorial's dot-sleep, or a real command."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from utils.task import Task
+
+#: Captured output of a command is cut to this many characters in the log.
+OUTPUT_CHARS = 2000
+
+
+class TaskFailed(Exception):
+    """The task did not succeed; the message says why, in a few words."""
+
+    def __init__(self, reason: str, output: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.output = output
+
+
+class Cancelled(Exception):
+    """The worker asked the task to stop (a cold stop or a time-out)."""
+
+
+#: A handler runs one task in a worker thread. It returns text for the log (or ""),
+#: raises TaskFailed (or anything else) when the task fails, and should return soon
+#: after `cancel` is set.
+Handler = Callable[[Task, threading.Event], str]
+
+
+@dataclass(frozen=True)
+class DotSleep:
+    """The tutorial's fake work: sleep seconds_per_dot for every '.' in the body."""
+
+    seconds_per_dot: float = 1.0
+
+    def __call__(self, task: Task, cancel: threading.Event) -> str:
+        if cancel.wait(task.dots * self.seconds_per_dot):
+            raise Cancelled()
+        return ""
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """Run a command for each task: the body on stdin and in TASK_BODY; exit 0 means done."""
+
+    command: str
+    shell: bool = False
+
+    def argv(self) -> list[str] | str:
+        return self.command if self.shell else shlex.split(self.command)
+
+    def __call__(self, task: Task, cancel: threading.Event) -> str:
+        env = dict(os.environ)
+        env.update(
+            TASK_BODY=task.body,
+            TASK_ID=task.task_id,
+            TASK_ROW="" if task.row is None else str(task.row),
+            TASK_ATTEMPT=str(task.attempt),
+        )
+        try:
+            proc = subprocess.Popen(
+                self.argv(),
+                shell=self.shell,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise TaskFailed(f"could not run the command: {exc.strerror or exc}") from None
+        data: bytes | None = task.body.encode("utf-8")
+        out = b""
+        while True:
+            try:
+                out, _ = proc.communicate(data, timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                data = None  # stdin was written on the first call
+                if cancel.is_set():
+                    _kill(proc)
+                    raise Cancelled() from None
+        text = out.decode("utf-8", "replace")
+        if len(text) > OUTPUT_CHARS:
+            text = text[:OUTPUT_CHARS] + f"… ({len(text) - OUTPUT_CHARS} more characters)"
+        if proc.returncode != 0:
+            raise TaskFailed(f"command exited with code {proc.returncode}", text)
+        return text
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, 9)
+    except OSError:
+        proc.kill()
+    proc.wait()
