@@ -83,3 +83,75 @@ def env(broker_url: str, queue: str, logs: Path, tmp_path: Path) -> dict[str, st
         PYTHONUNBUFFERED="1",
     )
     return e
+
+
+class Node:
+    """A RabbitMQ node of the test's own, on its own port, that the test may stop and kill.
+
+    Started without the management plugin, so that it stops in about 3 s instead of 8.
+    `extra_conf` adds lines to its rabbitmq.conf (e.g. "consumer_timeout = 3000").
+    """
+
+    def __init__(self, port: int, extra_conf: str = "") -> None:
+        self.port = port
+        self.extra_conf = extra_conf
+        self.url = f"amqp://guest:guest@localhost:{port}/%2F"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "BROKER_PORT": str(self.port), "BROKER_PLUGINS": ""}
+        env["BROKER_EXTRA_CONF"] = self.extra_conf
+        return subprocess.run(
+            [str(ROOT / "scripts" / "broker"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def start(self) -> None:
+        r = self._run("start")
+        if r.returncode != 0:
+            pytest.fail(
+                f"test node on {self.port} did not start:\n{r.stdout}{r.stderr}", pytrace=False
+            )
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def kill(self) -> None:
+        r = self._run("kill")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    def ctl(self, *args: str) -> str:
+        r = self._run("ctl", *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    def wipe(self) -> None:
+        """Forget the node's data, so the next start is a fresh node."""
+        import shutil
+
+        shutil.rmtree(ROOT / ".broker" / str(self.port), ignore_errors=True)
+
+
+#: Own nodes take ports from here up (TEST_NODE_PORT, default 5690).
+_NODE_PORT = int(os.environ.get("TEST_NODE_PORT", "5690"))
+
+
+@pytest.fixture
+def make_node() -> Iterator[object]:
+    """Start a node of the test's own: `node = make_node(extra_conf=...)`; stopped and wiped after."""
+    nodes: list[Node] = []
+
+    def factory(extra_conf: str = "", port_offset: int = 0) -> Node:
+        node = Node(_NODE_PORT + port_offset, extra_conf)
+        node.stop()
+        node.wipe()
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield factory
+    for node in nodes:
+        node.stop()
+        node.wipe()
