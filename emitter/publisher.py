@@ -143,7 +143,9 @@ class Publisher:
 
     def _run_connection(self, url: str) -> None:
         self._lost = None
-        params = broker.parameters(url, client_name="emit", blocked_timeout=self.blocked_timeout)
+        params = broker.parameters(
+            url, client_name="emit", blocked_timeout=self.blocked_timeout, tls=self.settings.tls
+        )
         self._conn = pika.SelectConnection(
             params,
             on_open_callback=self._on_open,

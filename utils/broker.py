@@ -10,6 +10,7 @@ import logging
 import random
 import re
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +26,7 @@ from utils.errors import (
     QueueMismatch,
     TaskToolError,
 )
-from utils.settings import Settings, mask_url, url_host, url_vhost
+from utils.settings import Settings, TlsFiles, mask_url, url_host, url_vhost
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def parameters(
     heartbeat: int | None = None,
     client_name: str = "",
     blocked_timeout: float | None = None,
+    tls: TlsFiles | None = None,
 ) -> pika.URLParameters:
-    """pika connection parameters for one URL, with our time-outs."""
+    """pika connection parameters for one URL, with our time-outs (and TLS for amqps://)."""
     try:
         params = pika.URLParameters(url)
     except Exception as exc:  # pika raises several types for a malformed URL
@@ -81,7 +83,25 @@ def parameters(
         params.blocked_connection_timeout = blocked_timeout
     if client_name:
         params.client_properties = {"connection_name": client_name}
+    if urlsplit(url).scheme == "amqps":
+        params.ssl_options = pika.SSLOptions(tls_context(tls or TlsFiles()), params.host)
     return params
+
+
+def tls_context(tls: TlsFiles) -> ssl.SSLContext:
+    """A client TLS context that verifies the broker against --ca-cert (or the system CAs)."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_cert) if tls.ca_cert else None)
+        if tls.client_cert:
+            ctx.load_cert_chain(
+                str(tls.client_cert), str(tls.client_key) if tls.client_key else None
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise TaskToolError(
+            f"cannot use the TLS files given: {exc}",
+            "--ca-cert, --client-cert and --client-key take PEM files (the key unencrypted)",
+        ) from None
+    return ctx
 
 
 def explain_connect_error(exc: BaseException, url: str) -> TaskToolError:
@@ -113,6 +133,18 @@ def explain_connect_error(exc: BaseException, url: str) -> TaskToolError:
             "check the host name in AMQP_URL or --url",
         )
     text = _describe(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return BrokerUnavailable(
+            f"the TLS certificate of {where} could not be verified against the trusted CAs",
+            "pass the CA that signed the broker's certificate with --ca-cert (env TASK_CA_CERT); "
+            "the host name in the URL must match the certificate",
+        )
+    if "WRONG_VERSION_NUMBER" in text or "UNEXPECTED_EOF" in text or "SSLError" in text:
+        return BrokerUnavailable(
+            f"the TLS handshake with {where} failed",
+            "check that this port speaks TLS (amqps:// is usually port 5671) and, if the broker "
+            "asks for one, give a client certificate with --client-cert and --client-key",
+        )
     if "refused" in text.lower():
         return BrokerUnavailable(
             f"no broker answers at {where} (connection refused)",
@@ -153,6 +185,7 @@ def connect(
             heartbeat=heartbeat if heartbeat is not None else settings.heartbeat,
             client_name=client_name,
             blocked_timeout=blocked_timeout,
+            tls=settings.tls,
         )
         try:
             return pika.BlockingConnection(params), url

@@ -15,7 +15,14 @@ import click
 
 from utils.broker import quiet_pika
 from utils.errors import ExitCode, TaskToolError
-from utils.settings import DEFAULT_QUEUE, DEFAULT_URL, QUEUE_TYPES, Settings, split_urls
+from utils.settings import (
+    DEFAULT_QUEUE,
+    DEFAULT_URL,
+    QUEUE_TYPES,
+    Settings,
+    TlsFiles,
+    split_urls,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,6 +32,12 @@ def _urls(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) ->
         return split_urls(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _remember_tls(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    # Kept out of the commands' signatures: make_settings picks them up from the context.
+    if value is not None and param.name:
+        ctx.meta.setdefault("tls", {})[param.name] = value
 
 
 def broker_options(f: F) -> F:
@@ -65,6 +78,28 @@ def broker_options(f: F) -> F:
             show_default=True,
             help="Where log files go (env TASK_LOG_DIR).",
         ),
+        *[
+            click.option(
+                f"--{name}",
+                envvar=f"TASK_{name.upper().replace('-', '_')}",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                expose_value=False,
+                callback=_remember_tls,
+                help=text,
+            )
+            for name, text in (
+                (
+                    "ca-cert",
+                    "PEM file of the CA that signed the broker's certificate, for "
+                    "amqps:// URLs (env TASK_CA_CERT).",
+                ),
+                (
+                    "client-cert",
+                    "PEM client certificate, if the broker asks for one (env TASK_CLIENT_CERT).",
+                ),
+                ("client-key", "PEM key of the client certificate (env TASK_CLIENT_KEY)."),
+            )
+        ],
     ]
     for option in reversed(options):
         f = option(f)
@@ -74,8 +109,15 @@ def broker_options(f: F) -> F:
 def make_settings(
     urls: tuple[str, ...], queue: str, queue_type: str, log_dir: Path, heartbeat: int | None = None
 ) -> Settings:
+    ctx = click.get_current_context(silent=True)
+    tls = TlsFiles(**(ctx.meta.get("tls", {}) if ctx else {}))
     return Settings(
-        urls=urls, queue=queue, queue_type=queue_type, heartbeat=heartbeat, log_dir=log_dir
+        urls=urls,
+        queue=queue,
+        queue_type=queue_type,
+        heartbeat=heartbeat,
+        log_dir=log_dir,
+        tls=tls,
     )
 
 

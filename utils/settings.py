@@ -13,6 +13,15 @@ QUEUE_TYPES = ("quorum", "classic")
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Certificates for amqps:// URLs: the CA to trust, and an optional client certificate."""
+
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where the broker is, which queue we use, and where logs go."""
 
@@ -21,6 +30,7 @@ class Settings:
     queue_type: str = "quorum"
     heartbeat: int | None = None  # None: take the broker's (60 s by default)
     log_dir: Path = Path("logs")
+    tls: TlsFiles = TlsFiles()
 
     @property
     def url(self) -> str:
