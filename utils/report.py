@@ -182,7 +182,7 @@ def _apply_event(runs: dict[str, Run], ts: datetime, f: dict[str, str]) -> str:
         run.emitted.update({k: v for k, v in f.items() if k != "ts"})
         run.emitted[ev] = f["ts"]
         if ev != "emit_started" and f.get("republished", "0").isdigit():
-            run.republished = int(f["republished"])
+            run.republished = int(f.get("republished", "0"))
         return ""
     if ev == "reconnected":  # the emitter's (it has run=); workers' lines have none
         run.emitter_reconnects += 1
@@ -692,6 +692,20 @@ def report_csv(pairs: list[tuple[Run, Summary]]) -> str:
     return out.getvalue()
 
 
+def drawn_end(s: Summary, a: Attempt) -> datetime:
+    """Where an attempt's bar ends: its end, or for one that never finished (a killed
+    worker), the worker's next start or the end of the run."""
+    if a.end is not None:
+        return a.end
+    later = [
+        b.start for t in s.tasks for b in t.attempts if b.worker == a.worker and b.start > a.start
+    ]
+    if later:
+        return min(later)
+    assert s.start is not None
+    return max(a.start, s.start + timedelta(seconds=s.figures.makespan))
+
+
 def text_timeline(s: Summary, width: int = 60) -> str:
     """One line per worker: each attempt as a bar starting with its row, and the lower bound."""
     if s.start is None or not s.figures.makespan:
@@ -701,12 +715,8 @@ def text_timeline(s: Summary, width: int = 60) -> str:
     lanes: dict[str, list[str]] = {w.name: [" "] * (width + 1) for w in s.workers}
     for t in s.tasks:
         for a in t.attempts:
-            if a.end is None:
-                end_s = (a.start - s.start).total_seconds() + 0.5 / scale
-                fill = "x"  # never finished: killed or cut off
-            else:
-                end_s = (a.end - s.start).total_seconds()
-                fill = "=" if a.outcome == "done" else "x"
+            end_s = (drawn_end(s, a) - s.start).total_seconds()
+            fill = "=" if a.outcome == "done" else "x"  # x: failed, given back or cut off
             lo = min(width, int((a.start - s.start).total_seconds() * scale))
             hi = min(width + 1, max(lo + 1, int(end_s * scale)))
             label = ("|" + (str(t.row) if t.row is not None else "?"))[: hi - lo]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from utils.report import Summary
+from utils.report import Summary, drawn_end
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -38,10 +38,7 @@ def figure(s: Summary, title: str = "") -> Figure:
             if t0 is None:
                 continue
             left = (a.start - t0).total_seconds()
-            if a.end is not None:
-                width = (a.end - a.start).total_seconds()
-            else:  # killed mid-task: draw it up to the end of the run, as unfinished
-                width = max(makespan - left, 0.05 * makespan or 0.1)
+            width = (drawn_end(s, a) - a.start).total_seconds()
             (bar,) = ax.barh(
                 lane[a.worker],
                 width,
