@@ -267,7 +267,7 @@ def declare_queue(
             f"removes it) or pick another name with --queue / TASK_QUEUE",
         )
     if arg == "x-queue-type":
-        found = "classic" if current.strip() == "none" else current.split("'")[1]
+        found = _found_type(current)
         if found == "stream":
             raise QueueMismatch(
                 f"queue '{name}' is a stream, which cannot serve as a work queue",
@@ -277,6 +277,57 @@ def declare_queue(
         return channel, QueueInfo(name, found, False, messages, consumers, note)
     note = f"queue '{name}' exists with other arguments ({arg}); using it as it is"
     return channel, QueueInfo(name, "as it is", False, messages, consumers, note)
+
+
+def _found_type(current: str) -> str:
+    """The queue type named in a 406 text: "none" means a classic queue."""
+    current = current.strip()
+    if current == "none":
+        return "classic"
+    parts = current.split("'")
+    return parts[1] if len(parts) > 1 else current
+
+
+def queue_counts(connection: pika.BlockingConnection, name: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of a queue, or None when it does not exist; creates nothing."""
+    channel = connection.channel()
+    try:
+        ok = channel.queue_declare(name, passive=True)
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return None
+        raise _queue_error(exc, name) from None
+    channel.close()
+    return ok.method.message_count, ok.method.consumer_count
+
+
+def probe_queue_type(connection: pika.BlockingConnection, name: str) -> str:
+    """The type of an existing queue (quorum, classic, stream), or "unknown".
+
+    AMQP cannot ask for it; declaring it as a quorum queue either matches or fails with a
+    406 that names the type it has. Call it only on a queue known to exist.
+    """
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, durable=True, arguments=queue_arguments("quorum"))
+    except px.ChannelClosedByBroker as exc:
+        m = _INEQUIVALENT.search(exc.reply_text)
+        if exc.reply_code == PRECONDITION_FAILED and m and m["arg"] == "x-queue-type":
+            return _found_type(m["current"])
+        return "unknown"
+    channel.close()
+    return "quorum"
+
+
+def purge_queue(connection: pika.BlockingConnection, name: str) -> int:
+    """Remove every ready message from a queue; returns how many went."""
+    channel = connection.channel()
+    try:
+        ok = channel.queue_purge(name)
+    except px.ChannelClosedByBroker as exc:
+        raise _queue_error(exc, name) from None
+    channel.close()
+    return int(ok.method.message_count)
 
 
 def _queue_error(exc: px.ChannelClosedByBroker, name: str) -> TaskToolError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from utils.cli_queue import purge, status
 from utils.cli_report import report, wait
 
 
@@ -17,3 +18,5 @@ def main() -> None:
 
 main.add_command(report)
 main.add_command(wait)
+main.add_command(status)
+main.add_command(purge)

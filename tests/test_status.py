@@ -1,0 +1,94 @@
+"""`tasks status` and `tasks purge` against queues with known contents on the real broker."""
+
+from __future__ import annotations
+
+import json
+
+import pika
+
+from tests.helpers import queue_counts, run, spawn, wait_for, wait_for_event
+
+
+def status(env: dict[str, str], *args: str) -> dict:
+    r = run("tasks", "status", "--json", *args, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def test_status_shows_ready_unacked_consumers_type_dead_letters_and_rates(
+    env, broker_url, queue, logs, tmp_path
+):
+    bodies = ["held ....................", "one .", "two .", "three ."]
+    args = [a for b in bodies for a in ("--message", b)]
+    assert run("emit", *args, env=env).returncode == 0
+    # Put one message in the dead-letter queue by hand, as a worker would.
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare(f"{queue}.dead", durable=True)
+        ch.basic_publish("", f"{queue}.dead", b"dead", pika.BasicProperties(delivery_mode=2))
+    finally:
+        conn.close()
+
+    s = status(env)
+    assert s["queue"]["exists"] and s["queue"]["queue_type"] == "quorum"
+    assert (s["queue"]["ready"], s["queue"]["consumers"], s["queue"]["dead"]) == (4, 0, 1)
+    assert s["management"]["answered"], s["management"]["note"]
+
+    # A worker holds the first message unacked (20 dots at 1 s each) with prefetch 1.
+    w = spawn("work", "--name", "holder", "--seconds-per-dot", "1", env=env, out=tmp_path / "w")
+    try:
+        wait_for_event(logs / "worker-holder.log", "started", alive=w)
+        # The management API's statistics lag by up to 5 s; AMQP's counts do not.
+        held = wait_for(
+            "the management API to count the unacked message",
+            lambda: (x := status(env))["queue"]["unacked"] == 1 and x,
+            timeout=20,
+        )
+        q = held["queue"]  # type: ignore[index]
+        assert (q["ready"], q["consumers"], q["unacked"]) == (3, 1, 1)
+        r = run("tasks", "status", env=env)
+        assert "ready 3, unacked 1, consumers 1" in r.stdout
+        assert f"dead-letter queue '{queue}.dead': 1 message(s)" in r.stdout
+        assert "rates (per second, from the management API)" in r.stdout
+    finally:
+        w.kill()
+
+
+def test_status_says_plainly_when_the_management_api_does_not_answer(env, queue):
+    assert run("emit", "--message", "x .", env=env).returncode == 0
+    s = status(env, "--management-url", "http://localhost:1/")
+    assert s["queue"]["ready"] == 1 and s["queue"]["queue_type"] == "quorum"
+    assert s["queue"]["unacked"] is None and not s["management"]["answered"]
+    assert "did not answer" in s["management"]["note"]
+    r = run("tasks", "status", env={**env, "TASK_MANAGEMENT_URL": "http://localhost:1/"})
+    assert r.returncode == 0 and "unacked unknown" in r.stdout and "did not answer" in r.stdout
+
+
+def test_status_of_a_queue_that_does_not_exist_says_so(env, queue):
+    s = status(env)
+    assert not s["queue"]["exists"] and s["queue"]["ready"] is None
+
+
+def test_purge_asks_first_and_removes_nothing_when_declined(env, broker_url, queue):
+    assert run("emit", "--message", "a .", "--message", "b .", env=env).returncode == 0
+    r = run("tasks", "purge", env=env, input=b"n\n")
+    assert r.returncode == 1 and "nothing removed" in r.stdout
+    assert "Remove all 2 ready message(s)" in r.stdout
+    assert queue_counts(broker_url, queue) == (2, 0)
+    r = run("tasks", "purge", env=env, input=b"y\n")
+    assert r.returncode == 0 and "removed 2 message(s)" in r.stdout
+    assert queue_counts(broker_url, queue) == (0, 0)
+
+
+def test_purge_yes_removes_without_asking_and_says_how_many(env, broker_url, queue):
+    assert (
+        run("emit", "--message", "a .", "--message", "b .", "--message", "c .", env=env).returncode
+        == 0
+    )
+    r = run("tasks", "purge", "--yes", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"removed 3 message(s) from queue '{queue}'"
+    assert queue_counts(broker_url, queue) == (0, 0)
+    r = run("tasks", "purge", "--yes", "--queue", f"{queue}-none", env=env)
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,111 @@
+"""`tasks status` and `tasks purge`: looking at the queue itself, and emptying it."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from utils import broker
+from utils.cli_common import broker_options, handle_errors, make_settings
+from utils.errors import ExitCode, NothingToDo, TaskToolError
+from utils.settings import Settings, url_host
+from utils.status import gather, render
+
+#: Seconds between refreshes of `tasks status --watch`.
+WATCH_EVERY = 1.0
+
+
+@click.command()
+@broker_options
+@click.option(
+    "--management-url",
+    envvar="TASK_MANAGEMENT_URL",
+    metavar="URL",
+    help="The management API (env TASK_MANAGEMENT_URL). "
+    "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
+)
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl+C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@handle_errors
+def status(
+    urls: tuple[str, ...],
+    queue: str,
+    queue_type: str,
+    log_dir: Path,
+    management_url: str | None,
+    watch: bool,
+    as_json: bool,
+) -> None:
+    """The queue right now: ready and unacked messages, consumers, type, dead letters, rates.
+
+    Counts come from the broker over AMQP. The unacked count and the publish/deliver
+    rates come from the management API when it answers; when it does not, status says
+    so and shows the rest.
+    """
+    settings = make_settings(urls, queue, queue_type, log_dir)
+    if not watch:
+        _show(settings, management_url, as_json)
+        return
+    try:
+        while True:
+            if not as_json:
+                click.clear()
+                click.echo(f"{datetime.now():%H:%M:%S}  (Ctrl+C to stop)")
+            try:
+                _show(settings, management_url, as_json)
+            except TaskToolError as exc:  # the broker may come back; keep watching
+                click.echo(f"error: {exc.message}", err=True)
+            time.sleep(WATCH_EVERY)
+    except KeyboardInterrupt:
+        return
+
+
+def _show(settings: Settings, management_url: str | None, as_json: bool) -> None:
+    s = gather(settings, management_url)
+    if as_json:
+        # One object per line, so that --watch --json is a stream a script can read.
+        click.echo(json.dumps(s.to_json()))
+    else:
+        click.echo("\n".join(render(s)))
+
+
+@click.command()
+@broker_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dead", is_flag=True, help="Empty the dead-letter queue (<queue>.dead) instead.")
+@handle_errors
+def purge(
+    urls: tuple[str, ...], queue: str, queue_type: str, log_dir: Path, yes: bool, dead: bool
+) -> None:
+    """Remove every ready message from the queue (asks first, unless --yes).
+
+    Messages that workers hold unacked are not touched; if a worker gives one back, it
+    lands in the queue again.
+    """
+    settings = make_settings(urls, queue, queue_type, log_dir)
+    name = f"{queue}.dead" if dead else queue
+    conn, url = broker.connect(settings, client_name="tasks purge")
+    try:
+        counts = broker.queue_counts(conn, name)
+        if counts is None:
+            raise NothingToDo(
+                f"queue '{name}' does not exist at {url_host(url)}: nothing to remove",
+                "check --queue / TASK_QUEUE and --url / AMQP_URL",
+            )
+        ready, consumers = counts
+        if not yes:
+            held = f" ({consumers} consumer(s) attached; what they hold stays)" if consumers else ""
+            question = (
+                f"Remove all {ready} ready message(s) from queue '{name}' at {url_host(url)}{held}?"
+            )
+            if not click.confirm(question, default=False):
+                click.echo("nothing removed")
+                raise SystemExit(int(ExitCode.NOTHING_DONE))
+        removed = broker.purge_queue(conn, name)
+    finally:
+        conn.close()
+    click.echo(f"removed {removed} message(s) from queue '{name}'")

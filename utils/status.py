@@ -1,0 +1,193 @@
+"""What `tasks status` shows: the queue's counts from AMQP, rates from the management API.
+
+Each part is gathered by a function of its own and rendered by one of its own, so that a
+new part (the cluster's nodes and the queue's leader, say) is one more field, one more
+gather step and one more render step, without touching the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from utils import broker
+from utils.settings import Settings, mask_url, url_vhost
+
+#: Seconds we give the management API to answer before saying it did not.
+MANAGEMENT_TIMEOUT = 2.0
+#: The management plugin listens on the AMQP port plus this, on our nodes (scripts/broker).
+MANAGEMENT_PORT_OFFSET = 10000
+
+
+@dataclass
+class QueuePart:
+    """The work queue and its dead-letter queue, as AMQP sees them right now."""
+
+    name: str
+    exists: bool
+    ready: int | None = None
+    consumers: int | None = None
+    unacked: int | None = None  # only the management API knows it
+    queue_type: str | None = None
+    dead_queue: str = ""
+    dead: int | None = None  # None: there is no dead-letter queue (yet)
+
+
+@dataclass
+class ManagementPart:
+    """What the management API said, or why it said nothing."""
+
+    url: str
+    answered: bool = False
+    note: str = ""
+    publish_rate: float | None = None
+    deliver_rate: float | None = None
+    ack_rate: float | None = None
+
+
+@dataclass
+class Status:
+    """Everything `tasks status` shows."""
+
+    broker: str
+    queue: QueuePart
+    management: ManagementPart
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_management_url(amqp_url: str) -> str:
+    """http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password."""
+    parts = urlsplit(amqp_url)
+    port = (parts.port or 5672) + MANAGEMENT_PORT_OFFSET
+    userinfo = f"{parts.username or 'guest'}:{parts.password or 'guest'}@"
+    return urlunsplit(("http", f"{userinfo}{parts.hostname}:{port}", "/", "", ""))
+
+
+def gather(settings: Settings, management_url: str | None) -> Status:
+    """Ask the broker (AMQP) and its management API (HTTP) about the queue."""
+    conn, url = broker.connect(settings, client_name="tasks status")
+    try:
+        queue = _queue_part(conn, settings.queue)
+    finally:
+        conn.close()
+    mgmt_url = management_url or default_management_url(url)
+    management = _management_part(queue, mgmt_url, url_vhost(url), fallback_url=url)
+    if queue.exists and queue.queue_type is None:
+        # The API did not say; ask AMQP (a passive probe, after we know the queue exists).
+        conn, _ = broker.connect(settings, client_name="tasks status")
+        try:
+            queue.queue_type = broker.probe_queue_type(conn, settings.queue)
+        finally:
+            conn.close()
+    return Status(mask_url(url), queue, management)
+
+
+def _queue_part(conn: Any, name: str) -> QueuePart:
+    dead_name = f"{name}.dead"
+    counts = broker.queue_counts(conn, name)
+    dead = broker.queue_counts(conn, dead_name)
+    part = QueuePart(name, counts is not None, dead_queue=dead_name)
+    if counts is not None:
+        part.ready, part.consumers = counts
+    if dead is not None:
+        part.dead = dead[0]
+    return part
+
+
+def _management_part(
+    queue: QueuePart, mgmt_url: str, vhost: str, fallback_url: str
+) -> ManagementPart:
+    part = ManagementPart(mask_url(mgmt_url))
+    if not queue.exists:
+        part.note = "the queue does not exist, so there is nothing to ask the management API"
+        return part
+    path = f"api/queues/{quote(vhost, safe='')}/{quote(queue.name, safe='')}"
+    try:
+        data = fetch_json(mgmt_url, path, fallback_url)
+    except ManagementUnavailable as exc:
+        part.note = (
+            f"the management API at {part.url} did not answer ({exc}); unacked count "
+            "and rates are unknown (enable rabbitmq_management, or set --management-url)"
+        )
+        return part
+    part.answered = True
+    queue.unacked = _int(data.get("messages_unacknowledged"))
+    queue.queue_type = data.get("type") or queue.queue_type
+    stats = data.get("message_stats") or {}
+    part.publish_rate = _rate(stats, "publish_details")
+    part.deliver_rate = _rate(stats, "deliver_get_details")
+    part.ack_rate = _rate(stats, "ack_details")
+    return part
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) else None
+
+
+def _rate(stats: dict[str, Any], key: str) -> float:
+    details = stats.get(key) or {}
+    rate = details.get("rate", 0.0) if isinstance(details, dict) else 0.0
+    return float(rate) if isinstance(rate, (int, float)) else 0.0
+
+
+class ManagementUnavailable(Exception):
+    """The management API did not answer, or answered with something we cannot use."""
+
+
+def fetch_json(base_url: str, path: str, credentials_from: str = "") -> dict[str, Any]:
+    """GET base_url + path as JSON, with the base URL's credentials (else credentials_from's)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ManagementUnavailable("not an http(s) URL")
+    creds = parts if parts.username else urlsplit(credentials_from)
+    user, password = unquote(creds.username or "guest"), unquote(creds.password or "guest")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/", "", ""))
+    request = urllib.request.Request(base + path)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT) as response:
+            data = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        raise ManagementUnavailable(f"HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise ManagementUnavailable(str(exc.reason)) from None
+    except (OSError, ValueError) as exc:
+        raise ManagementUnavailable(f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManagementUnavailable("the answer was not a JSON object")
+    return data
+
+
+def _n(v: int | None, unknown: str = "unknown") -> str:
+    return unknown if v is None else str(v)
+
+
+def render(s: Status) -> list[str]:
+    """The status as lines for a person."""
+    q, m = s.queue, s.management
+    if not q.exists:
+        lines = [f"queue '{q.name}' at {s.broker} does not exist (yet): 'emit' or 'work' create it"]
+    else:
+        lines = [
+            f"queue '{q.name}' ({q.queue_type or 'type unknown'}) at {s.broker}",
+            f"  ready {_n(q.ready)}, unacked {_n(q.unacked)}, consumers {_n(q.consumers)}",
+        ]
+    dead = f"{q.dead} message(s)" if q.dead is not None else "none (no dead letters yet)"
+    lines.append(f"  dead-letter queue '{q.dead_queue}': {dead}")
+    if m.answered:
+        lines.append(
+            f"  rates (per second, from the management API): publish {m.publish_rate or 0:.1f}, "
+            f"deliver {m.deliver_rate or 0:.1f}, ack {m.ack_rate or 0:.1f}"
+        )
+    elif m.note:
+        lines.append(f"  note: {m.note}")
+    return lines
