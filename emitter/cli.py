@@ -257,7 +257,7 @@ def _dry_run(opts: EmitOptions) -> None:
     if opts.source != "-":
         stats = validate_file(opts.source, opts.csv)
     stats = ReadStats()
-    with open_source(opts.source, opts.csv.encoding) as stream:
+    with open_source(opts.source) as stream:
         rows = iter_rows(stream, opts.source, opts.csv, stats)
         for row in itertools.islice(rows, PREVIEW_ROWS):
             click.echo(

@@ -161,7 +161,7 @@ def _tasks(opts: EmitOptions, run_id: str, stats: ReadStats) -> Iterator[Task]:
             stats.selected += 1
             yield Task.from_row(text, n, run_id, "--message")
         return
-    with open_source(opts.source, opts.csv.encoding) as stream:
+    with open_source(opts.source) as stream:
         row: Row
         for row in iter_rows(stream, opts.source, opts.csv, stats):
             yield Task.from_row(row.body, row.row, run_id, opts.source)

@@ -184,8 +184,8 @@ class Publisher:
                 self._fatal = BrokerUnavailable(
                     f"the broker blocked publishing for over {self.blocked_timeout:g} s "
                     "(a memory or disk alarm)",
-                    "free memory or disk space on the broker's machine, then rerun with "
-                    "--start-row as printed below",
+                    "free memory or disk space on the broker's machine (or raise its "
+                    "watermark), then rerun as said",
                 )
         conn.ioloop.stop()
 
