@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import itertools
 import sys
+import webbrowser
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import click
 
-from emitter.emit import EmitOptions, emit, failure_summary
+from emitter.emit import EmitOptions, EmitReport, emit, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.cli_common import broker_options, handle_errors, make_settings
 from utils.errors import BadInput, ExitCode
 from utils.logformat import EventLog, shorten
-from utils.settings import mask_url
+from utils.settings import mask_url, url_vhost
 
 PREVIEW_ROWS = 5
 
@@ -81,7 +83,26 @@ PREVIEW_ROWS = 5
     show_default=True,
     help="Most messages awaiting a publisher confirm at once.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--blocked-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait while the broker blocks publishers (a memory or disk alarm) "
+    "before giving up.",
+)
+@click.option(
+    "--open-admin",
+    is_flag=True,
+    help="Afterwards, open the queue's page in the RabbitMQ management UI in a browser "
+    "(its port is the AMQP port + 10000: 15672 for 5672).",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar and no notices; errors and the summary still print.",
+)
 @broker_options
 @handle_errors
 def main(
@@ -97,6 +118,8 @@ def main(
     dry_run,
     retry_for,
     window,
+    blocked_timeout,
+    open_admin,
     quiet,
     urls,
     queue,
@@ -134,7 +157,7 @@ def main(
     except LookupError:
         raise BadInput(f"unknown --encoding '{encoding}'", "try utf-8, latin-1 or cp1252") from None
     csv_opts = CsvOptions(header, column, delimiter, encoding, start_row, limit)
-    opts = EmitOptions(source, tuple(messages), csv_opts, order, window, retry_for)
+    opts = EmitOptions(source, tuple(messages), csv_opts, order, window, retry_for, blocked_timeout)
     settings = make_settings(urls, queue, queue_type, log_dir)
 
     if dry_run:
@@ -161,25 +184,66 @@ def main(
         if bar is not None:
             bar.update(n)
 
+    def on_notice(text: str) -> None:
+        if not quiet:
+            if bar is not None:
+                click.echo("", err=True)  # leave the bar's line alone
+            click.echo(f"note: {text}", err=True)
+
     try:
-        report = emit(settings, opts, log=log, on_start=on_start, on_confirm=on_confirm)
+        report = emit(
+            settings,
+            opts,
+            log=log,
+            on_start=on_start,
+            on_confirm=on_confirm,
+            on_notice=on_notice,
+        )
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    if open_admin:
+        _open_admin(report.result.url or settings.url, queue)
     r = report.result
     if r.error or r.unroutable or r.nacked:
         raise failure_summary(report)
-    rate = r.confirmed / r.seconds if r.seconds > 0 else 0.0
-    extras = [f"{r.republished} republished"] if r.republished else []
-    if report.stats.blank:
-        extras.append(f"{report.stats.blank} blank line(s) skipped")
-    extras.append(f"{rate:,.0f} tasks/s")
-    click.echo(
-        f"published {r.confirmed} tasks to queue {queue} at {mask_url(r.url)} in {r.seconds:.2f} s "
-        f"(all confirmed; {', '.join(extras)}); run {report.run_id}"
-    )
-    if report.queue_note:
+    click.echo(summary_line(report, queue))
+    if report.queue_note and not quiet:
         click.echo(f"note: {report.queue_note}", err=True)
+
+
+def summary_line(report: EmitReport, queue: str) -> str:
+    """One line with everything a finished run did."""
+    r = report.result
+    rate = r.confirmed / r.seconds if r.seconds > 0 else 0.0
+    return (
+        f"published {r.confirmed} tasks to queue {queue} at {mask_url(r.url)} in "
+        f"{r.seconds:.2f} s (all confirmed): {r.published} published, {r.confirmed} confirmed, "
+        f"{r.republished} republished, {report.stats.blank} blank line(s) skipped, "
+        f"{rate:,.0f} tasks/s; run {report.run_id}"
+    )
+
+
+def admin_url(url: str, queue: str) -> str:
+    """The management UI page of the queue on the broker that url names."""
+    parts = urlsplit(url)
+    port = (parts.port or 5672) + 10000
+    scheme = "https" if parts.scheme == "amqps" else "http"
+    vhost = quote(url_vhost(url), safe="")
+    return f"{scheme}://{parts.hostname}:{port}/#/queues/{vhost}/{quote(queue, safe='')}"
+
+
+def _open_admin(url: str, queue: str) -> None:
+    """Open the queue's page in a browser (webbrowser honours $BROWSER); never ask anything."""
+    page = admin_url(url, queue)
+    try:
+        opened = webbrowser.open(page)
+    except webbrowser.Error:
+        opened = False
+    if opened:
+        click.echo(f"opened {page}", err=True)
+    else:
+        click.echo(f"note: no browser to open; the queue's page is {page}", err=True)
 
 
 def _dry_run(opts: EmitOptions) -> None:
@@ -193,7 +257,7 @@ def _dry_run(opts: EmitOptions) -> None:
     if opts.source != "-":
         stats = validate_file(opts.source, opts.csv)
     stats = ReadStats()
-    with open_source(opts.source, opts.csv.encoding) as stream:
+    with open_source(opts.source) as stream:
         rows = iter_rows(stream, opts.source, opts.csv, stats)
         for row in itertools.islice(rows, PREVIEW_ROWS):
             click.echo(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from emitter.publisher import DEFAULT_WINDOW, Publisher, PublishResult
+from emitter.publisher import DEFAULT_WINDOW, MAX_NACK_RETRIES, Publisher, PublishResult
 from emitter.source import CsvOptions, ReadStats, Row, iter_rows, open_source, validate_file
 from utils import broker
 from utils.errors import BrokerUnavailable, NothingToDo, TaskToolError
@@ -29,11 +29,14 @@ class EmitOptions:
 
 @dataclass
 class EmitReport:
+    """What an emit run did, for the summary line or the failure message."""
+
     run_id: str
     total: int | None  # None: stdin, not known ahead
     stats: ReadStats
     result: PublishResult
     queue_note: str = ""
+    resume: str = ""  # "confirmed rows 1..k of N; rerun with --start-row k+1" when unfinished
 
 
 def emit(
@@ -43,6 +46,7 @@ def emit(
     log: EventLog,
     on_start: Callable[[int | None], None] = lambda total: None,
     on_confirm: Callable[[int], None] = lambda n: None,
+    on_notice: Callable[[str], None] = lambda text: None,
 ) -> EmitReport:
     """Publish the selected rows; raise on bad input before anything is sent."""
     stats = ReadStats()
@@ -80,25 +84,32 @@ def emit(
         total = len(listed)
         tasks = iter(listed)
 
+    def on_event(event: str, **kw: object) -> None:
+        log.event(event, run=run_id, **kw)
+        notice = _notice(event, kw)
+        if notice:
+            on_notice(notice)
+
     publisher = Publisher(
         settings,
         window=opts.window,
         retry_for=opts.retry_for,
         blocked_timeout=opts.blocked_timeout,
         on_confirm=on_confirm,
-        on_event=lambda event, **kw: log.event(event, run=run_id, **kw),
+        on_event=on_event,
         rows_ascending=opts.order == "file",
+        first_row=_first_row(opts),
     )
-    result = publisher.publish(tasks, url)
+    result = publisher.publish(tasks, url, live=opts.source == "-")
     if total is None:
         total = stats.selected
     if result.error is None and total == 0:
         raise NothingToDo(f"no tasks in {name}", "give it some rows (one task per row)")
     rows = _row_range(opts, total)
+    ok = result.error is None and not result.unroutable and not result.nacked
+    resume = "" if ok else resume_line(opts, total, result)
     log.event(
-        "emit_done"
-        if result.error is None and not result.unroutable and not result.nacked
-        else "emit_failed",
+        "emit_done" if ok else "emit_failed",
         run=run_id,
         queue=settings.queue,
         rows=rows,
@@ -112,13 +123,35 @@ def emit(
         seconds=result.seconds,
         first_unconfirmed_row=result.first_unconfirmed_row,
         reason=result.error.message if result.error else None,
+        resume=resume or None,
     )
-    return EmitReport(run_id, total, stats, result, info.note)
+    return EmitReport(run_id, total, stats, result, info.note, resume)
+
+
+def _first_row(opts: EmitOptions) -> int:
+    return opts.csv.start_row if opts.source else 1
 
 
 def _row_range(opts: EmitOptions, total: int) -> str:
-    first = opts.csv.start_row if opts.source else 1
+    first = _first_row(opts)
     return f"{first}-{first + total - 1}" if total else "none"
+
+
+def resume_line(opts: EmitOptions, total: int, result: PublishResult) -> str:
+    """Where an unfinished run stands: every row up to k is confirmed, so rerun from k+1."""
+    first = _first_row(opts)
+    last = first + total - 1
+    unconfirmed = result.first_unconfirmed_row
+    k = last if unconfirmed is None else unconfirmed - 1
+    if opts.source is None:
+        if k < 1:
+            return f"no messages confirmed of {total}; send them all again"
+        return f"confirmed messages 1..{k} of {total}; send again from message {k + 1}"
+    if k < first:
+        return f"no rows confirmed of {total}; rerun the same command"
+    span = f"{total}" if first == 1 else f"rows {first}..{last}"
+    limit = f" --limit {last - k}" if opts.csv.limit is not None else ""
+    return f"confirmed rows {first}..{k} of {span}; rerun with --start-row {k + 1}{limit}"
 
 
 def _tasks(opts: EmitOptions, run_id: str, stats: ReadStats) -> Iterator[Task]:
@@ -128,39 +161,54 @@ def _tasks(opts: EmitOptions, run_id: str, stats: ReadStats) -> Iterator[Task]:
             stats.selected += 1
             yield Task.from_row(text, n, run_id, "--message")
         return
-    with open_source(opts.source, opts.csv.encoding) as stream:
+    with open_source(opts.source) as stream:
         row: Row
         for row in iter_rows(stream, opts.source, opts.csv, stats):
             yield Task.from_row(row.body, row.row, run_id, opts.source)
 
 
+def _notice(event: str, fields: dict[str, object]) -> str:
+    """The line a person should see at once for a publisher event, if any."""
+    if event == "blocked":
+        return (
+            f"the broker is blocking publishers ({fields.get('reason')}); waiting up to "
+            f"{fields.get('wait_up_to')} for it to recover"
+        )
+    if event == "unblocked":
+        return "the broker accepts publishes again"
+    if event == "connection_lost":
+        return (
+            f"connection lost ({fields.get('reason')}); reconnecting, "
+            f"{fields.get('unconfirmed')} unconfirmed task(s) will be published again"
+        )
+    if event == "reconnected":
+        return f"reconnected to {fields.get('node')}; republishing {fields.get('republishing')}"
+    return ""
+
+
 def failure_summary(report: EmitReport) -> TaskToolError:
     """The error for a run that did not get every row confirmed, with where to resume."""
     r = report.result
-    total = report.total or 0
-    k = (r.first_unconfirmed_row - 1) if r.first_unconfirmed_row else None
-    resume = ""
-    if k is not None:
-        resume = (
-            f"confirmed rows 1..{k} of {total}; rerun with --start-row {k + 1}"
-            if k >= 1
-            else f"no rows confirmed of {total}; rerun the same command"
-        )
-    reason = r.error.message if r.error else ""
+    resume = report.resume
     if r.unroutable:
         rows = ", ".join(str(t.row) for t in r.unroutable[:10])
         more = " ..." if len(r.unroutable) > 10 else ""
         return BrokerUnavailable(
-            f"{len(r.unroutable)} task(s) could not be routed to queue (rows {rows}{more}); "
-            "was the queue deleted mid-run?",
-            resume or "rerun emit for those rows",
+            f"{len(r.unroutable)} task(s) could not be routed to the queue (rows {rows}{more}); "
+            f"was the queue deleted mid-run? {resume}",
+            "check the queue exists ('tasks status'), then rerun as said",
         )
     if r.nacked:
+        rows = ", ".join(str(t.row) for t in r.nacked[:10])
+        more = " ..." if len(r.nacked) > 10 else ""
         return BrokerUnavailable(
-            f"the broker refused {len(r.nacked)} task(s) after retries", resume
+            f"the broker refused {len(r.nacked)} task(s) (rows {rows}{more}) "
+            f"after {MAX_NACK_RETRIES} republishes each; {resume}",
+            "a queue length limit (x-max-length with reject-publish) or a broker alarm "
+            "refuses messages; make room in the queue, then rerun as said",
         )
     err = r.error or BrokerUnavailable("emit did not finish", "")
-    err.message = f"{reason}; {resume}" if resume else reason
+    err.message = f"{err.message}; {resume}" if resume else err.message
     if not err.hint:
         err.hint = "start the broker again ('make broker-up'), then rerun as said"
     return err

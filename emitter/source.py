@@ -46,16 +46,15 @@ class ReadStats:
     selected: int = 0  # rows inside --start-row/--limit
 
 
-def open_source(path: str, encoding: str) -> IO[str]:
-    """Open FILE or '-' (stdin) as text, turning the usual OS errors into one clear line."""
-    enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+def open_source(path: str) -> IO[bytes]:
+    """Open FILE or '-' (stdin) for reading, turning the usual OS errors into one clear line."""
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding=enc, errors="strict", newline="")
+        return sys.stdin.buffer
     p = Path(path)
     if p.is_dir():
         raise BadInput(f"{path} is a directory, not a CSV file", "give the path of a CSV file")
     try:
-        return open(p, encoding=enc, errors="strict", newline="")
+        return open(p, "rb")
     except FileNotFoundError:
         raise BadInput(
             f"{path}: no such file", "check the path; 'emit tasks.csv' runs the sample"
@@ -70,9 +69,27 @@ def open_source(path: str, encoding: str) -> IO[str]:
         ) from None
 
 
-def iter_rows(stream: IO[str], name: str, opts: CsvOptions, stats: ReadStats) -> Iterator[Row]:
+def _decoded_lines(raw: IO[bytes] | IO[str], encoding: str) -> Iterator[str]:
+    """Decode line by line, so that a bad byte is named by its own line, not by a chunk's."""
+    if isinstance(raw, io.TextIOBase):  # already text (tests, callers with a StringIO)
+        yield from raw
+        return
+    enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    decode = codecs.getincrementaldecoder(enc)("strict").decode
+    for line in raw:
+        yield decode(line)  # type: ignore[arg-type]
+    tail = decode(b"", True)  # raises on a multi-byte sequence cut off at the end
+    if tail:
+        yield tail
+
+
+def iter_rows(
+    stream: IO[bytes] | IO[str], name: str, opts: CsvOptions, stats: ReadStats
+) -> Iterator[Row]:
     """Yield the selected rows as task bodies; raise BadInput naming FILE:LINE at the first bad one."""
-    reader = csv.reader(stream, delimiter=opts.delimiter, strict=True)
+    reader = csv.reader(
+        _decoded_lines(stream, opts.encoding), delimiter=opts.delimiter, strict=True
+    )
     column_index: int | None = None
     first_line = True
     last = opts.start_row + opts.limit - 1 if opts.limit is not None else None
@@ -169,7 +186,7 @@ def _index_column(column: str, name: str) -> int:
 def validate_file(path: str, opts: CsvOptions) -> ReadStats:
     """Read the whole file once, in constant memory; raise at the first bad row."""
     stats = ReadStats()
-    with open_source(path, opts.encoding) as stream:
+    with open_source(path) as stream:
         for _ in iter_rows(stream, path, opts, stats):
             pass
     if stats.rows == 0:
