@@ -15,7 +15,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.helpers import BIN, ROOT
+from tests.helpers import BIN, ROOT, SPAWNED
 
 TEST_PORT = int(os.environ.get("TEST_BROKER_PORT", "5673"))
 
@@ -31,6 +31,13 @@ def _broker(port: int, action: str, extra_conf: str = "") -> subprocess.Complete
         text=True,
         timeout=300,
     )
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    yield
+    while SPAWNED:
+        SPAWNED.pop().kill()
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,11 @@ class Proc:
         return self.out.read_text(errors="replace")
 
 
+#: Every process spawn() started; tests/conftest.py kills what is left after each test, so
+#: a failed test never leaves a worker behind to steal the next test's tasks.
+SPAWNED: list[Proc] = []
+
+
 def spawn(cmd: str, *args: str, env: dict[str, str], out: Path) -> Proc:
     f = open(out, "wb")  # noqa: SIM115 - the child holds it
     p = subprocess.Popen(
@@ -70,7 +75,9 @@ def spawn(cmd: str, *args: str, env: dict[str, str], out: Path) -> Proc:
         cwd=env.get("PWD", str(ROOT)),
     )
     f.close()
-    return Proc(p, out)
+    proc = Proc(p, out)
+    SPAWNED.append(proc)
+    return proc
 
 
 def events(path: Path) -> list[dict[str, str]]:
@@ -136,3 +143,26 @@ def queue_counts(url: str, queue: str) -> tuple[int, int]:
 
 def no_traceback(text: str) -> bool:
     return "Traceback" not in text
+
+
+def done_rows(logs: Path) -> set[int]:
+    """Rows that some worker in this log folder logged as done."""
+    return {
+        int(e["row"])
+        for f in logs.glob("worker-*.log")
+        for e in events(f)
+        if e["event"] == "done" and e.get("row", "").isdigit()
+    }
+
+
+def stop_when_done(procs: list[Proc], logs: Path, rows: int) -> None:
+    """Wait until rows 1..rows are all done, then warm-stop the workers; each must exit 0.
+
+    Waiting on the logs (not --exit-when-idle) keeps a slow start on a busy machine from
+    making a worker leave before the tasks arrive.
+    """
+    wait_for(f"rows 1..{rows} done", lambda: done_rows(logs) >= set(range(1, rows + 1)))
+    for p in procs:
+        p.signal(signal.SIGTERM)
+    for p in procs:
+        assert p.wait() == 0, p.output()

@@ -14,6 +14,7 @@ from tests.helpers import (
     queue_counts,
     run,
     spawn,
+    stop_when_done,
     wait_for_event,
 )
 from utils.report import latest_run, read_logs, summarise, worker_rows
@@ -31,12 +32,9 @@ def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):
 
 
 def test_three_workers_share_the_tasks_and_each_is_done_exactly_once(env, logs, tmp_path):
-    procs = start_workers(
-        env, logs, tmp_path, 3, "--seconds-per-dot", "0.01", "--exit-when-idle", "1"
-    )
+    procs = start_workers(env, logs, tmp_path, 3, "--seconds-per-dot", "0.01")
     assert run("emit", "tasks.csv", env=env).returncode == 0
-    for p in procs:
-        assert p.wait() == 0, p.output()
+    stop_when_done(procs, logs, 20)
     summary = summarise(latest_run(read_logs(logs)))
     assert summary.audit.missing == [] and summary.audit.duplicates == []
     assert sorted(summary.audit.once) == list(range(1, 21))
@@ -66,14 +64,11 @@ def test_who_got_what_matches_the_greedy_schedule_of_fair_dispatch(env, logs, tm
     # clear answer and no coin tosses.
     assert tie_margin(dots, 3) >= 1
     expected = {frozenset(i + 1 for i, w in enumerate(plan.assignment) if w == k) for k in range(3)}
-    procs = start_workers(
-        env, logs, tmp_path, 3, "--seconds-per-dot", str(spd), "--exit-when-idle", "1.5"
-    )
+    procs = start_workers(env, logs, tmp_path, 3, "--seconds-per-dot", str(spd))
     bodies = [f"Task {i:02d} " + "." * d for i, d in enumerate(dots, start=1)]
     args = [a for b in bodies for a in ("--message", b)]
     assert run("emit", *args, env=env).returncode == 0
-    for p in procs:
-        assert p.wait() == 0, p.output()
+    stop_when_done(procs, logs, len(dots))
     got = {frozenset(rows) for rows in worker_rows(summarise(latest_run(read_logs(logs)))).values()}
     assert got == expected
 

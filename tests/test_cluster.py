@@ -1,0 +1,154 @@
+"""A 3-node RabbitMQ cluster on loopback: emitter and workers survive the loss of a node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, events, spawn, wait_for, wait_for_event
+from utils.report import latest_run, read_logs, summarise
+
+pytestmark = pytest.mark.slow
+
+CLUSTER_PORT = int(os.environ.get("TEST_CLUSTER_PORT", "5811"))
+PORTS = [CLUSTER_PORT + i for i in range(3)]
+URLS = ",".join(f"amqp://guest:guest@localhost:{p}/%2F" for p in PORTS)
+
+
+def broker(*args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CLUSTER_PORT": str(CLUSTER_PORT), "BROKER_PLUGINS": ""}
+    if port is not None:
+        env["BROKER_PORT"] = str(port)
+    return subprocess.run(
+        [str(ROOT / "scripts" / "broker"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    up = broker("cluster-up", "3")
+    if up.returncode != 0:
+        pytest.fail(f"the test cluster did not form:\n{up.stdout}{up.stderr}", pytrace=False)
+    yield URLS
+    broker("cluster-down")
+
+
+def queue_info(queue: str) -> dict[str, object]:
+    for port in PORTS:
+        r = broker(
+            "ctl",
+            "list_queues",
+            "name",
+            "leader",
+            "members",
+            "online",
+            "--formatter",
+            "json",
+            port=port,
+        )
+        if r.returncode == 0:
+            for q in json.loads(r.stdout):
+                if q["name"] == queue:
+                    return q
+    raise AssertionError(f"no node knows queue {queue}")
+
+
+def port_of(node: str) -> int:
+    return int(node.split("@")[0].removeprefix("mc"))
+
+
+def done_count(logs: Path) -> int:
+    return sum(1 for f in logs.glob("worker-*.log") for e in events(f) if e["event"] == "done")
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, logs):
+    queue = f"cluster-{how}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASK_", "AMQP_"))}
+    env.update(AMQP_URL=cluster, TASK_QUEUE=queue, TASK_LOG_DIR=str(logs), PYTHONUNBUFFERED="1")
+    workers = [
+        spawn(
+            "work",
+            "--name",
+            f"c{i}",
+            "--seconds-per-dot",
+            "0.002",
+            "--quiet",
+            env=env,
+            out=tmp_path / f"c{i}.out",
+        )
+        for i in range(3)
+    ]
+    for i, w in enumerate(workers):
+        wait_for_event(logs / f"worker-c{i}.log", "worker_ready", alive=w)
+    # The emitter reads its rows from a pipe we feed, so it is mid-run when the node goes.
+    emitter = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "emit"), "-", "--quiet"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    rows = [f"Task {n} ." for n in range(1, 2001)]
+    assert emitter.stdin is not None
+    emitter.stdin.write("\n".join(rows[:1000]) + "\n")
+    emitter.stdin.flush()
+    wait_for("300 tasks done", lambda: done_count(logs) >= 300)
+
+    leader = str(queue_info(queue)["leader"])
+    lost = port_of(leader)
+    stopper = threading.Thread(target=broker, args=(how,), kwargs={"port": lost})
+    stopper.start()
+    emitter.stdin.write("\n".join(rows[1000:]) + "\n")
+    emitter.stdin.close()
+    stopper.join()
+    assert emitter.stdout is not None
+    out = emitter.stdout.read()  # ends when emit exits
+    assert emitter.wait(timeout=180) == 0, out
+
+    try:
+        wait_for("all 2000 tasks done", lambda: done_count(logs) >= 2000, timeout=120)
+    except AssertionError:
+        r = broker(
+            "ctl",
+            "list_queues",
+            "name",
+            "leader",
+            "online",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+            port=PORTS[(PORTS.index(lost) + 1) % 3],
+        )
+        raise AssertionError(
+            f"{done_count(logs)} done; lost {lost}; queues: {r.stdout}{r.stderr}"
+        ) from None
+    for w in workers:
+        w.signal(15)
+    for w in workers:
+        assert w.wait() == 0, w.output()
+    summary = summarise(latest_run(read_logs(logs)))
+    assert summary.audit.missing == []
+    assert len(summary.audit.once) + len(summary.audit.duplicates) == 2000
+    # Anyone who was on the lost node moved to a survivor, and said so.
+    moved = [e for f in logs.glob("worker-*.log") for e in events(f) if e["event"] == "reconnected"]
+    assert all(port_of_node(e["node"]) != lost for e in moved)
+
+    # The node comes back, rejoins, and the queue has all its members online again.
+    assert broker("start", port=lost).returncode == 0
+    wait_for("all 3 members online", lambda: len(queue_info(queue)["online"]) == 3, timeout=120)
+
+
+def port_of_node(hostport: str) -> int:
+    return int(hostport.rsplit(":", 1)[1])
