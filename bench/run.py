@@ -95,6 +95,19 @@ class Admin:
             if k in ("product", "version")
         }
 
+    def count(self, queue: str) -> int:
+        """Messages in a queue once the count stops moving (a publish may still be landing)."""
+        last = -1
+        for _ in range(15):
+            ch = self.conn.channel()
+            n = ch.queue_declare(queue, passive=True).method.message_count
+            ch.close()
+            if n == last:
+                return n
+            last = n
+            time.sleep(0.2)
+        return last
+
     def delete(self, queue: str) -> None:
         ch = self.conn.channel()
         ch.queue_delete(queue)
@@ -201,7 +214,7 @@ class Workers:
         """Until n worker_ready events are in the logs (every worker is consuming)."""
         self._wait(lambda: count_events(self.log_dir, "worker_ready") >= n, timeout, "ready")
 
-    def wait_done(self, n: int, timeout: float = 600) -> None:
+    def wait_done(self, n: int, timeout: float = 180) -> None:
         self._wait(lambda: count_events(self.log_dir, "done") >= n, timeout, f"{n} done")
 
     def _wait(self, ok: Any, timeout: float, what: str) -> None:
@@ -296,8 +309,9 @@ class Bench:
         )
 
     def fill(self, queue: str, tasks: int, kind: str = "quorum") -> None:
-        """Put `tasks` zero-dot tasks on a fresh queue, quickly (the consumers wait for all)."""
-        self.baseline_publish("no-confirm", self.csv(tasks), queue, kind)
+        """Put `tasks` zero-dot tasks on a fresh queue, every one confirmed (by emit: the
+        no-confirm baseline was seen to lose a few dozen of 10,000 when it closes)."""
+        self.emit(self.csv(tasks), queue, kind)
 
     # -- 1. emit throughput ------------------------------------------------------------------
     def bench_emit(self) -> None:
@@ -306,7 +320,12 @@ class Bench:
         for kind in QUEUE_TYPES:
             for rows in p.emit_rows:
                 key = f"{kind}-{rows}"
-                emit_r, c_r, rss = [], [], []
+                # The slow baselines (a) and (b) join the repetitions of the first size, on
+                # fewer rows: their rate does not depend on the count.
+                slow = rows == p.emit_rows[0]
+                per_row = slow and kind in p.per_row_queue_types
+                emit_r, c_r, a_r, b_r, rss = [], [], [], [], []
+                c_lost: list[int] = []
                 for rep in range(p.reps):
                     q = self.queue("emit")
                     f = self.emit(self.csv(rows), q, kind)
@@ -314,53 +333,44 @@ class Bench:
                     emit_r.append(rate(rows, f.wall))
                     rss.append(f.maxrss_kb / 1024)
                     f = self.baseline_publish("no-confirm", self.csv(rows), q, kind)
-                    self.admin.delete(q)
                     c_r.append(rate(rows, f.wall))
-                    say(
-                        f"emit {key} rep {rep + 1}: emit {emit_r[-1]:,.0f}/s, "
-                        f"no-confirm {c_r[-1]:,.0f}/s"
-                    )
-                out[key] = {
+                    # Without confirms nothing says whether every row arrived: count them.
+                    c_lost.append(rows - self.admin.count(q))
+                    self.admin.delete(q)
+                    line = f"emit {key} rep {rep + 1}: emit {emit_r[-1]:,.0f}/s, "
+                    line += f"(c) no confirms {c_r[-1]:,.0f}/s ({c_lost[-1]} lost)"
+                    if per_row:
+                        f = self.baseline_publish(
+                            "per-row-connection", self.csv(p.per_row_rows), q, kind
+                        )
+                        a_r.append(rate(p.per_row_rows, f.wall))
+                        line += f", (a) connection per row {a_r[-1]:,.0f}/s"
+                    if slow:
+                        f = self.baseline_publish(
+                            "confirm-each", self.csv(p.confirm_each_rows), q, kind
+                        )
+                        b_r.append(rate(p.confirm_each_rows, f.wall))
+                        line += f", (b) confirm each {b_r[-1]:,.0f}/s"
+                        self.admin.delete(q)
+                    say(line)
+                e: dict[str, Any] = {
                     "rows": rows,
                     "queue_type": kind,
                     "emit": spread(emit_r),
                     "emit_peak_rss_mb": spread(rss),
                     "no_confirm": spread(c_r),
+                    "no_confirm_lost": c_lost,
                     "vs_no_confirm": ratios(emit_r, c_r),
                 }
-            # The slow baselines, on fewer rows: their rate does not depend on the count.
-            a_r, b_r, e_r = [], [], []
-            rows = p.emit_rows[0]
-            for rep in range(p.reps):
-                q = self.queue("base")
-                if kind in p.per_row_queue_types:
-                    f = self.baseline_publish(
-                        "per-row-connection", self.csv(p.per_row_rows), q, kind
-                    )
-                    a_r.append(rate(p.per_row_rows, f.wall))
-                f = self.baseline_publish("confirm-each", self.csv(p.confirm_each_rows), q, kind)
-                b_r.append(rate(p.confirm_each_rows, f.wall))
-                self.admin.delete(q)
-                f = self.emit(self.csv(rows), q, kind)
-                self.admin.delete(q)
-                e_r.append(rate(rows, f.wall))
-                a_text = f"per-row connection {a_r[-1]:,.0f}/s, " if a_r else ""
-                say(
-                    f"emit {kind} rep {rep + 1}: {a_text}"
-                    f"confirm each {b_r[-1]:,.0f}/s, emit {e_r[-1]:,.0f}/s"
-                )
-            out[f"{kind}-baselines"] = {
-                "queue_type": kind,
-                "emit_rows": rows,
-                "per_row_rows": p.per_row_rows,
-                "confirm_each_rows": p.confirm_each_rows,
-                "emit": spread(e_r),
-                "confirm_each": spread(b_r),
-                "vs_confirm_each": ratios(e_r, b_r),
-            }
-            if a_r:
-                out[f"{kind}-baselines"]["per_row_connection"] = spread(a_r)
-                out[f"{kind}-baselines"]["vs_per_row_connection"] = ratios(e_r, a_r)
+                if b_r:
+                    e["confirm_each_rows"] = p.confirm_each_rows
+                    e["confirm_each"] = spread(b_r)
+                    e["vs_confirm_each"] = ratios(emit_r, b_r)
+                if a_r:
+                    e["per_row_rows"] = p.per_row_rows
+                    e["per_row_connection"] = spread(a_r)
+                    e["vs_per_row_connection"] = ratios(emit_r, a_r)
+                out[key] = e
         self.results["emit"] = out
 
     # -- 2 and 5. work throughput and scaling ---------------------------------------------------
@@ -377,12 +387,14 @@ class Bench:
         ws.wait_done(n)
         wall = time.perf_counter() - began
         cpu1 = cpu_seconds(self.broker)
-        ws.stop()
+        # The workers' CPU up to their exit, a little after `wall`: an upper bound.
+        worker_cpu = ws.stop()
         self.admin.delete(q)
         counted, seconds = steady_rate(logs)
         return {
             "rate": rate(counted, seconds),
             "broker_cpu": (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None else -1,
+            "workers_cpu": worker_cpu / wall,
         }
 
     def baseline_consume(self, prefetch: int) -> float:
@@ -420,6 +432,7 @@ class Bench:
                         "vs_baseline": ratios([r["rate"] for r in rs], base),
                         "vs_one_worker": ratios([r["rate"] for r in rs], one),
                         "broker_cpu": spread([r["broker_cpu"] for r in rs]),
+                        "workers_cpu": spread([r["workers_cpu"] for r in rs]),
                     }
                     for w, rs in runs.items()
                     if rs
@@ -605,6 +618,7 @@ def main() -> None:
     url = os.environ.get("AMQP_URL") or f"amqp://guest:guest@localhost:{port}/%2F"
     sections = a.only or ["emit", "work", "fair", "memory"]
     say(f"bench: {', '.join(sections)} against {re.sub(r':[^:@/]*@', ':***@', url)}")
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         bench = Bench(plan, url, Path(tmp))
         started = datetime.now(timezone.utc)
@@ -619,6 +633,7 @@ def main() -> None:
         "quick": a.quick,
         "plan": asdict(plan),
         "machine": info,
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         **bench.results,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
