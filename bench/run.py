@@ -562,23 +562,43 @@ class Bench:
         self.results["memory"] = out
 
 
-def watch_done(log: Path, target: int, proc: subprocess.Popen[bytes]) -> int:
-    """Follow a worker's log until it has logged `target` done events; how many it had."""
+def watch_done(log: Path, target: int, proc: subprocess.Popen[bytes], stall: float = 60) -> int:
+    """Follow a worker's log until it has logged `target` done events; how many it had.
+
+    The log rotates every 10 MB: when the file is replaced, the rest of the old one (now
+    LOG.1) is read first.
+    """
     done = 0
     pos = 0
+    inode = None
+    moved = time.monotonic()
     while done < target:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited after {done} tasks")
+        if time.monotonic() - moved > stall:
+            raise RuntimeError(f"the worker's log stopped at {done} done tasks")
         if log.exists():
-            with open(log, "rb") as f:
-                f.seek(pos)
-                chunk = f.read()
-            cut = chunk.rfind(b"\n") + 1
-            done += chunk[:cut].count(b" event=done ")
-            pos += cut
+            now = log.stat().st_ino
+            if inode is not None and now != inode:
+                done += _count_done(log.with_name(log.name + ".1"), pos)[0]
+                pos = 0
+            inode = now
+            n, pos = _count_done(log, pos)
+            if n:
+                done += n
+                moved = time.monotonic()
         if done < target:
             time.sleep(0.01)
     return done
+
+
+def _count_done(path: Path, pos: int) -> tuple[int, int]:
+    """Done events in whole lines from byte `pos` on, and where the last whole line ends."""
+    with open(path, "rb") as f:
+        f.seek(pos)
+        chunk = f.read()
+    cut = chunk.rfind(b"\n") + 1
+    return chunk[:cut].count(b" event=done "), pos + cut
 
 
 # -- the machine ----------------------------------------------------------------------------------
@@ -622,11 +642,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         bench = Bench(plan, url, Path(tmp))
         started = datetime.now(timezone.utc)
+        info = machine(bench.admin)
         for name in sections:
             getattr(bench, f"bench_{name}")()
-        info = machine(bench.admin)
+            # Written after every section, so that a failure late on keeps what was measured.
+            write(a.out, document(a, plan, started, info, load_start, bench.results))
         bench.admin.close()
-    doc = {
+    write(a.out, document(a, plan, started, info, load_start, bench.results))
+    say(f"bench: wrote {a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out}")
+
+
+def document(
+    a: argparse.Namespace,
+    plan: Plan,
+    started: datetime,
+    info: dict[str, Any],
+    load_start: tuple[float, float, float],
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """The results file's content."""
+    return {
         "date": started.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - T0, 1),
         "command": "make bench",
@@ -634,11 +669,13 @@ def main() -> None:
         "plan": asdict(plan),
         "machine": info,
         "load_average": {"start": load_start, "end": os.getloadavg()},
-        **bench.results,
+        **results,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(doc, indent=2) + "\n")
-    say(f"bench: wrote {a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out}")
+
+
+def write(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,43 @@ def test_verdict_knows_targets_from_above_and_from_below():
     assert verdict(0.99, 1.0) == "missed"
     assert verdict(1.03, 1.02, at_most=True) == "missed"
     assert verdict(1.01, 1.02, at_most=True) == "met"
+
+
+def test_profile_summary_counts_own_and_total_time_per_function():
+    from bench.profile import summarise
+
+    raw = (
+        "main (emit.py:1);publish (publisher.py:9);encode (pika/spec.py:5) 30\n"
+        "main (emit.py:1);publish (publisher.py:9) 10\n"
+        "main (emit.py:1);read (source.py:3) 60\n"
+    )
+    text = summarise(raw)
+    assert text.startswith("100 samples")
+    own = text.split("own time:")[1].split("total time")[0]
+    assert own.splitlines()[1].split() == ["60.0%", "read", "(source.py)"]
+    total = text.split("total time")[1]
+    assert "100.0%  main (emit.py)" in total and "40.0%  publish (publisher.py)" in total
+
+
+def test_the_worker_log_is_followed_across_a_rotation(tmp_path):
+    from bench.run import watch_done
+
+    log = tmp_path / "worker-w1.log"
+    line = "ts=2026-11-27T00:00:00.000Z event=done worker=w1 task=t\n"
+    log.write_text(line * 3)
+
+    class Worker:
+        """Rotates its log (as RotatingFileHandler does) on the watcher's third look."""
+
+        polls = 0
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 3:
+                with open(log, "a") as f:
+                    f.write(line * 2)  # written before the rotation: read from LOG.1
+                log.rename(tmp_path / "worker-w1.log.1")
+                log.write_text(line * 4)
+            return None
+
+    assert watch_done(log, 9, Worker(), stall=5) == 9
