@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int)
     ap.add_argument("--queue-type", default="quorum", choices=("quorum", "classic"))
     ap.add_argument("--prefetch", type=int, default=1)
+    ap.add_argument("--top", type=int, default=15, help="how many functions to list")
     a = ap.parse_args()
     port = os.environ.get("BROKER_PORT", "5672")
     url = os.environ.get("AMQP_URL") or f"amqp://guest:guest@localhost:{port}/%2F"
@@ -100,7 +101,7 @@ def main() -> None:
         admin.delete(queue)
         admin.close()
         print(f"{a.command} on {rows:,} rows ({a.queue_type} queue)")
-        print(summarise(out.read_text()))
+        print(summarise(out.read_text(), a.top))
 
 
 if __name__ == "__main__":

@@ -253,12 +253,25 @@ def scaling_section(r: dict[str, Any]) -> list[str]:
         "",
         *table(["workers", "tasks/s", "vs 1 worker", "broker CPU", "workers' CPU"], rows),
     ]
-    out += [scaling_verdict(r.get("machine") or {}, workers, counts), ""]
+    la = r.get("load_average") or {}
+    loads = [la["start"][0], la["end"][0]] if la else []
+    out += [scaling_verdict(r.get("machine") or {}, workers, counts, loads), ""]
     return out
 
 
-def scaling_verdict(machine: dict[str, Any], workers: dict[str, Any], counts: list[int]) -> str:
+def busy_machine(load_avg: list[float], cores: int) -> bool:
+    """True when other work kept the machine's cores busy during the run."""
+    return bool(load_avg) and bool(cores) and max(load_avg) > cores
+
+
+def scaling_verdict(
+    machine: dict[str, Any],
+    workers: dict[str, Any],
+    counts: list[int],
+    load_avg: list[float] | None = None,
+) -> str:
     """Where adding workers stops paying, and what was busy there."""
+    load_avg = load_avg or []
     cores = machine.get("cores") or 0
     prev = None
     for w in counts:
@@ -279,6 +292,14 @@ def scaling_verdict(machine: dict[str, Any], workers: dict[str, Any], counts: li
                     f"{head}: {cpu_text}. The cores are full, and the broker's share "
                     f"({b / (b + c):.0%}) is what more workers cannot add to: on this "
                     f"{cores}-core machine the broker is the limit from {prev[0]} workers on."
+                )
+            if busy_machine(load_avg, cores):
+                return (
+                    f"{head}, while {cpu_text}. Other processes kept the machine busy (load "
+                    f"average up to {max(load_avg):.1f} on {cores} cores), so the broker and "
+                    "the workers got less than the cores: here the limit is CPU the "
+                    "benchmark did not get, and the broker's share of it grows with every "
+                    "worker. Rerun on a quiet machine to see the broker's own limit."
                 )
             return (
                 f"{head}, though the cores are not full ({cpu_text}): the limit is the "

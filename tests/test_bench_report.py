@@ -74,5 +74,7 @@ def test_scaling_says_where_more_workers_stop_paying_and_why():
     assert "from 2 workers on" in text and "cores are full" in text
     idle = _workers([1_000.0, 1_900.0, 2_000.0], [0.2, 0.3, 0.3], [0.2, 0.3, 0.3])
     assert "not CPU" in scaling_verdict({"cores": 2}, idle, [1, 2, 4])
+    shared = scaling_verdict({"cores": 2}, idle, [1, 2, 4], load_avg=[1.0, 6.5])
+    assert "did not get" in shared and "6.5" in shared
     growing = _workers([1_000.0, 1_900.0, 3_500.0], [0.2, 0.3, 0.3], [0.2, 0.3, 0.3])
     assert "not yet the limit" in scaling_verdict({"cores": 2}, growing, [1, 2, 4])
