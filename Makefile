@@ -1,5 +1,6 @@
 # make demo  - set up what is missing, start a local RabbitMQ, run the 3-worker tour
 # make test  - set up what is missing, then lint and the whole test suite on a real broker
+# make bench - throughput, fair dispatch and memory against baselines (docs/BENCHMARKS.md)
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,11 +8,12 @@ STAMP := $(VENV)/.installed
 BROKER_PORT ?= 5672
 export BROKER_PORT
 
-.PHONY: help setup demo test lint format broker-up broker-down broker-status clean
+.PHONY: help setup demo test bench lint format broker-up broker-down broker-status clean
 
 help:
 	@echo "make demo         the tour: broker, 3 workers, emit tasks.csv, report"
 	@echo "make test         lint, then every test against a real RabbitMQ"
+	@echo "make bench        benchmarks against baselines (~10 min); writes docs/BENCHMARKS.md"
 	@echo "make broker-up    start the local RabbitMQ (BROKER_PORT=$(BROKER_PORT))"
 	@echo "make broker-down  stop it"
 	@echo "make lint         ruff and mypy"
@@ -34,6 +36,12 @@ broker-status:
 
 demo: $(STAMP) broker-up
 	@scripts/demo
+
+# The local broker unless AMQP_URL names one; results in bench/results/latest.json.
+bench: $(STAMP)
+	@if [ -z "$${AMQP_URL:-}" ]; then scripts/broker start; fi
+	@$(BIN)/python -m bench.run
+	@$(BIN)/python -m bench.report
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
