@@ -22,7 +22,8 @@ URLS = ",".join(f"amqp://guest:guest@localhost:{p}/%2F" for p in PORTS)
 
 
 def broker(*args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CLUSTER_PORT": str(CLUSTER_PORT), "BROKER_PLUGINS": ""}
+    # The nodes keep the management plugin: `tasks status` asks it for the queue's leader.
+    env = {**os.environ, "CLUSTER_PORT": str(CLUSTER_PORT)}
     if port is not None:
         env["BROKER_PORT"] = str(port)
     return subprocess.run(
@@ -145,9 +146,31 @@ def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, lo
     moved = [e for f in logs.glob("worker-*.log") for e in events(f) if e["event"] == "reconnected"]
     assert all(port_of_node(e["node"]) != lost for e in moved)
 
+    # tasks status names the node that is down and the members that are offline.
+    status = cluster_status(env)
+    assert {n["node"]: n["up"] for n in status["nodes"]} == {
+        f"localhost:{p}": p != lost for p in PORTS
+    }
+    assert status["leader"] != f"mc{lost}@localhost"
+    assert f"mc{lost}@localhost" not in status["online"]
+
     # The node comes back, rejoins, and the queue has all its members online again.
     assert broker("start", port=lost).returncode == 0
     wait_for("all 3 members online", lambda: len(queue_info(queue)["online"]) == 3, timeout=120)
+    status = cluster_status(env)
+    assert all(n["up"] for n in status["nodes"]) and len(status["online"]) == 3
+
+
+def cluster_status(env: dict[str, str]) -> dict[str, object]:
+    r = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "tasks"), "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["cluster"]
 
 
 def port_of_node(hostport: str) -> int:

@@ -11,12 +11,13 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from utils import broker
-from utils.settings import Settings, mask_url, url_vhost
+from utils.errors import TaskToolError
+from utils.settings import Settings, mask_url, url_host, url_vhost
 
 #: Seconds we give the management API to answer before saying it did not.
 MANAGEMENT_TIMEOUT = 2.0
@@ -51,12 +52,36 @@ class ManagementPart:
 
 
 @dataclass
+class NodePart:
+    """One broker URL we were given, and whether it answers AMQP now."""
+
+    node: str  # host:port
+    up: bool
+    note: str = ""
+
+
+@dataclass
+class ClusterPart:
+    """The nodes behind the URLs, and the quorum queue's leader and members (from the API)."""
+
+    nodes: list[NodePart]
+    leader: str | None = None
+    members: list[str] | None = None
+    online: list[str] | None = None
+
+    @property
+    def offline(self) -> list[str]:
+        return [m for m in self.members or [] if m not in (self.online or [])]
+
+
+@dataclass
 class Status:
     """Everything `tasks status` shows."""
 
     broker: str
     queue: QueuePart
     management: ManagementPart
+    cluster: ClusterPart | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,13 +97,17 @@ def default_management_url(amqp_url: str) -> str:
 
 def gather(settings: Settings, management_url: str | None) -> Status:
     """Ask the broker (AMQP) and its management API (HTTP) about the queue."""
+    nodes = _node_parts(settings) if len(settings.urls) > 1 else None
     conn, url = broker.connect(settings, client_name="tasks status")
     try:
         queue = _queue_part(conn, settings.queue)
     finally:
         conn.close()
     mgmt_url = management_url or default_management_url(url)
-    management = _management_part(queue, mgmt_url, url_vhost(url), fallback_url=url)
+    cluster = ClusterPart(nodes) if nodes is not None else None
+    management = _management_part(
+        queue, mgmt_url, url_vhost(url), fallback_url=url, cluster=cluster
+    )
     if queue.exists and queue.queue_type is None:
         # The API did not say; ask AMQP (a passive probe, after we know the queue exists).
         conn, _ = broker.connect(settings, client_name="tasks status")
@@ -86,7 +115,20 @@ def gather(settings: Settings, management_url: str | None) -> Status:
             queue.queue_type = broker.probe_queue_type(conn, settings.queue)
         finally:
             conn.close()
-    return Status(mask_url(url), queue, management)
+    return Status(mask_url(url), queue, management, cluster)
+
+
+def _node_parts(settings: Settings) -> list[NodePart]:
+    """Ask every URL on its own whether a broker answers there."""
+    parts = []
+    for url in settings.urls:
+        try:
+            conn, _ = broker.connect(replace(settings, urls=(url,)), client_name="tasks status")
+            conn.close()
+            parts.append(NodePart(url_host(url), True))
+        except TaskToolError as exc:
+            parts.append(NodePart(url_host(url), False, exc.message))
+    return parts
 
 
 def _queue_part(conn: Any, name: str) -> QueuePart:
@@ -102,7 +144,11 @@ def _queue_part(conn: Any, name: str) -> QueuePart:
 
 
 def _management_part(
-    queue: QueuePart, mgmt_url: str, vhost: str, fallback_url: str
+    queue: QueuePart,
+    mgmt_url: str,
+    vhost: str,
+    fallback_url: str,
+    cluster: ClusterPart | None = None,
 ) -> ManagementPart:
     part = ManagementPart(mask_url(mgmt_url))
     if not queue.exists:
@@ -124,6 +170,10 @@ def _management_part(
     part.publish_rate = _rate(stats, "publish_details")
     part.deliver_rate = _rate(stats, "deliver_get_details")
     part.ack_rate = _rate(stats, "ack_details")
+    if cluster is not None and data.get("leader"):  # quorum queues only
+        cluster.leader = str(data["leader"])
+        cluster.members = [str(m) for m in data.get("members") or []]
+        cluster.online = [str(m) for m in data.get("online") or []]
     return part
 
 
@@ -190,4 +240,14 @@ def render(s: Status) -> list[str]:
         )
     elif m.note:
         lines.append(f"  note: {m.note}")
+    if s.cluster is not None:
+        c = s.cluster
+        nodes = ", ".join(f"{n.node} {'up' if n.up else 'DOWN'}" for n in c.nodes)
+        lines.append(f"  nodes: {nodes}")
+        if c.leader:
+            gone = f" ({', '.join(c.offline)} offline)" if c.offline else ""
+            lines.append(
+                f"  quorum: leader {c.leader}; {len(c.online or [])} of {len(c.members or [])} "
+                f"members online{gone}"
+            )
     return lines
