@@ -83,10 +83,32 @@ def shorten(text: str, limit: int = BODY_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: Fields the terminal echo leaves out (they are in the log file).
+_QUIET_FIELDS = ("worker", "run")
+
+
+def format_human(event: str, **fields: Any) -> str:
+    """A shorter terminal form of an event: time, event, the note as prose, then the fields.
+
+    23:59:01 started        task=...-3 row=3 dots=2 attempt=1 body="Task 3 .."
+    23:59:04 shutdown_warm  warm stop (1 of 2): finishing the current task, ...
+    """
+    note = fields.get("note") or ""
+    rest = " ".join(
+        f"{k}={_value(v)}"
+        for k, v in fields.items()
+        if v is not None and k != "note" and k not in _QUIET_FIELDS
+    )
+    ts = datetime.now().strftime("%H:%M:%S")
+    return " ".join(x for x in (f"{ts} {event:<14}", note, rest) if x)
+
+
 class EventLog:
     """Writes event lines to a rotating file and, optionally, to the terminal."""
 
-    def __init__(self, path: Path, *, echo: bool = True, name: str = "") -> None:
+    def __init__(
+        self, path: Path, *, echo: bool = True, name: str = "", human: bool = False
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # One logger per file; handlers are added once, however often this is built.
@@ -101,12 +123,15 @@ class EventLog:
             self._logger.addHandler(handler)
         self.echo = echo
         self.name = name
+        #: Echo a shorter, friendlier form to the terminal; the file keeps key=value lines.
+        self.human = human
 
     def event(self, event: str, **fields: Any) -> str:
         line = format_event(event, **fields)
         self._logger.info(line)
         if self.echo:
-            print(line, file=sys.stderr, flush=True)
+            text = format_human(event, **fields) if self.human else line
+            print(text, file=sys.stderr, flush=True)
         return line
 
     def close(self) -> None:
