@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from utils.cli_dead import dead
 from utils.cli_report import report, wait
 
 
@@ -17,3 +18,4 @@ def main() -> None:
 
 main.add_command(report)
 main.add_command(wait)
+main.add_command(dead)

@@ -21,7 +21,7 @@ from utils import broker
 from utils.errors import AccessRefused, QueueMismatch, TaskToolError
 from utils.logformat import EventLog, shorten
 from utils.settings import Settings, url_host
-from utils.task import H_ATTEMPT, H_REASON, DecodeError, Task, delivery_ids
+from utils.task import H_ATTEMPT, H_REASON, DecodeError, Task, copy_properties, delivery_ids
 from worker.handlers import Cancelled, Handler, TaskFailed
 
 #: How often the loop wakes to pump heartbeats and look at stop requests, in seconds.
@@ -577,18 +577,6 @@ class Worker:
         conn, self._conn, self._consumer_tag = self._conn, None, None
         if conn is not None:
             _close_quietly(conn)
-
-
-def copy_properties(properties: Any, headers: dict[str, Any]) -> pika.BasicProperties:
-    """Persistent properties for a copy of a delivered message, with new headers."""
-    return pika.BasicProperties(
-        delivery_mode=2,
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        message_id=properties.message_id,
-        timestamp=properties.timestamp,
-        headers=headers,
-    )
 
 
 def _ids(task: Task | None) -> dict[str, Any]:
