@@ -46,7 +46,11 @@ def _value(v: Any) -> str:
 
 def format_event(event: str, **fields: Any) -> str:
     """One log line for an event; fields whose value is None are left out."""
-    parts = [f"ts={now_iso()}", f"event={event}"]
+    return _format(now_iso(), event, fields)
+
+
+def _format(ts: str, event: str, fields: dict[str, Any]) -> str:
+    parts = [f"ts={ts}", f"event={event}"]
     parts += [f"{k}={_value(v)}" for k, v in fields.items() if v is not None]
     return " ".join(parts)
 
@@ -123,18 +127,64 @@ class EventLog:
             self._logger.addHandler(handler)
         self.echo = echo
         self.name = name
+        self._size = path.stat().st_size if path.exists() else 0
+        self._pending: list[tuple[str, dict[str, Any], str]] = []
         #: Echo a shorter, friendlier form to the terminal; the file keeps key=value lines.
         self.human = human
 
+    def defer(self, event: str, **fields: Any) -> None:
+        """Stamp an event now but write it at the next flush() or event(), in order.
+
+        A worker defers the lines of a task that takes no time until its ack is on the
+        wire, so the write overlaps the broker's round trip instead of adding to it.
+        """
+        self._pending.append((event, fields, now_iso()))
+
+    def flush(self) -> None:
+        """Write the deferred events, in one write."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        lines = [_format(ts, event, fields) for event, fields, ts in pending]
+        self._write("\n".join(lines))
+        if self.echo:
+            for (event, fields, _ts), line in zip(pending, lines, strict=True):
+                text = format_human(event, **fields) if self.human else line
+                print(text, file=sys.stderr, flush=True)
+
     def event(self, event: str, **fields: Any) -> str:
+        self.flush()
         line = format_event(event, **fields)
-        self._logger.info(line)
+        self._write(line)
         if self.echo:
             text = format_human(event, **fields) if self.human else line
             print(text, file=sys.stderr, flush=True)
         return line
 
+    def _write(self, line: str) -> None:
+        """Append one line and flush it, rotating by size as the handler would.
+
+        Straight to the handler's stream: the logging machinery (a record, the caller's
+        frame, two stat calls per line) cost a busy worker several times more than the
+        write itself.
+        """
+        handler = self._logger.handlers[0]
+        assert isinstance(handler, logging.handlers.RotatingFileHandler)
+        handler.acquire()
+        try:
+            if handler.stream is None:  # closed after a rollover elsewhere
+                handler.stream = handler._open()
+            handler.stream.write(line + "\n")
+            handler.stream.flush()
+            self._size += len(line) + 1  # characters; near enough to bytes for rotation
+            if self._size >= MAX_BYTES:
+                handler.doRollover()
+                self._size = 0
+        finally:
+            handler.release()
+
     def close(self) -> None:
+        self.flush()
         for h in list(self._logger.handlers):
             h.close()
             self._logger.removeHandler(h)

@@ -29,6 +29,8 @@ TICK = 0.2
 #: Reconnect back-off: first delay, and the cap.
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
+#: A connection that lasted this long resets the back-off; one lost sooner does not.
+STABLE_AFTER = 10.0
 #: How many finished-but-unacked task ids a worker remembers.
 DONE_UNACKED_MAX = 1000
 
@@ -101,6 +103,7 @@ class Worker:
         self._dead_declared = False
         self._settled = 0  # messages acked, requeued for retry, or dead-lettered
         self.queue_type = settings.queue_type
+        self._instant = getattr(handler, "is_instant", None)
 
     # -- stopping ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -176,7 +179,8 @@ class Worker:
                     attempts=attempt + 1,
                     note="connection restored; consuming again",
                 )
-            first, delay, attempt = False, BACKOFF_FIRST, 0
+            first, attempt = False, 0
+            connected_at = time.monotonic()
             try:
                 self._consume()
                 self._close()
@@ -188,6 +192,16 @@ class Worker:
                 self._lost_logged = False
                 if self.stop_stage:
                     self.summary.stop = self._stop_text("after the connection was lost")
+                    return self.summary
+                if time.monotonic() - connected_at > STABLE_AFTER:
+                    delay = BACKOFF_FIRST
+                    continue
+                # Lost soon after connecting (a broker that keeps closing us, say): back
+                # off as for a failed connect, so that nothing spins.
+                wait = min(BACKOFF_CAP, delay) * (0.5 + random.random() / 2)
+                delay = min(BACKOFF_CAP, delay * 2)
+                if self._sleep_unless_stopped(wait):
+                    self.summary.stop = self._stop_text("while reconnecting")
                     return self.summary
 
     def _stop_text(self, when: str) -> str:
@@ -309,7 +323,11 @@ class Worker:
             self.summary.redelivered += 1
         log = self.log
         ids = {"task": task.task_id, "row": task.row, "run": task.run_id}
-        log.event(
+        # A task that takes no time has its two lines written once its ack is sent (see
+        # EventLog.defer); any other line, ack_lost included, writes them first, in order.
+        instant = self._instant is not None and self._instant(task)
+        emit = log.defer if instant else log.event
+        emit(
             "started",
             worker=self.opts.name,
             **ids,
@@ -323,7 +341,6 @@ class Worker:
             # consumer_timeout closed the channel): ack the copy instead of running it again,
             # which for a task longer than consumer_timeout would loop forever.
             del self._done_unacked[task.task_id]
-            self._settle(lambda: self._channel.basic_ack(tag), task)
             self.summary.done += 1
             log.event(
                 "done",
@@ -333,10 +350,12 @@ class Worker:
                 attempt=task.attempt,
                 note="finished earlier, but its ack was lost; acked this copy without running it again",
             )
+            self._settle(lambda: self._channel.basic_ack(tag), task)
             return
         self._current = task
         began = time.monotonic()
-        outcome, detail = self._run(task)
+        # Nothing to do for an instant task: no thread hop, which would cost more than it.
+        outcome, detail = ("done", "") if instant else self._run(task)
         seconds = time.monotonic() - began
         self.summary.busy += seconds
         self._current = None
@@ -345,7 +364,7 @@ class Worker:
             return
         if outcome == "done":
             self.summary.done += 1
-            log.event(
+            emit(
                 "done",
                 worker=self.opts.name,
                 **ids,
@@ -355,15 +374,12 @@ class Worker:
                 output=detail or None,
             )
             self._settle(lambda: self._channel.basic_ack(tag), task, finished=True)
+            log.flush()
             return
         self._failed(tag, properties, body, task, detail, seconds)
 
     def _run(self, task: Task) -> tuple[str, str]:
         """Run the handler, pumping heartbeats while it works; (outcome, detail)."""
-        instant = getattr(self.handler, "is_instant", None)
-        if instant is not None and instant(task):
-            # Nothing to do: skip the thread hop, which would cost more than the task.
-            return "done", ""
         self._cancel.clear()
         future = self._pool.submit(self.handler, task, self._cancel)
         deadline = time.monotonic() + self.opts.task_timeout if self.opts.task_timeout else None
