@@ -46,13 +46,7 @@ def _value(v: Any) -> str:
 
 def format_event(event: str, **fields: Any) -> str:
     """One log line for an event; fields whose value is None are left out."""
-    return _format(now_iso(), event, fields)
-
-
-def _format(ts: str, event: str, fields: dict[str, Any]) -> str:
-    parts = [f"ts={ts}", f"event={event}"]
-    parts += [f"{k}={_value(v)}" for k, v in fields.items() if v is not None]
-    return " ".join(parts)
+    return _both(now_iso(), event, fields)[0]
 
 
 def parse_line(line: str) -> dict[str, str] | None:
@@ -97,14 +91,18 @@ def format_human(event: str, **fields: Any) -> str:
     23:59:01 started        task=...-3 row=3 dots=2 attempt=1 body="Task 3 .."
     23:59:04 shutdown_warm  warm stop (1 of 2): finishing the current task, ...
     """
+    return _both(now_iso(), event, fields)[1]
+
+
+def _both(ts: str, event: str, fields: dict[str, Any]) -> tuple[str, str]:
+    """The log line and the terminal line of one event, formatting each value once."""
+    pairs = [(k, _value(v)) for k, v in fields.items() if v is not None]
+    line = " ".join([f"ts={ts}", f"event={event}"] + [f"{k}={v}" for k, v in pairs])
     note = fields.get("note") or ""
-    rest = " ".join(
-        f"{k}={_value(v)}"
-        for k, v in fields.items()
-        if v is not None and k != "note" and k not in _QUIET_FIELDS
-    )
-    ts = datetime.now().strftime("%H:%M:%S")
-    return " ".join(x for x in (f"{ts} {event:<14}", note, rest) if x)
+    rest = " ".join(f"{k}={v}" for k, v in pairs if k != "note" and k not in _QUIET_FIELDS)
+    # The time as in the log file (UTC), so the two are easy to match.
+    human = " ".join(x for x in (f"{ts[11:19]} {event:<14}", note, rest) if x)
+    return line, human
 
 
 class EventLog:
@@ -145,20 +143,18 @@ class EventLog:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        lines = [_format(ts, event, fields) for event, fields, ts in pending]
-        self._write("\n".join(lines))
+        both = [_both(ts, event, fields) for event, fields, ts in pending]
+        self._write("\n".join(line for line, _human in both))
         if self.echo:
-            for (event, fields, _ts), line in zip(pending, lines, strict=True):
-                text = format_human(event, **fields) if self.human else line
-                print(text, file=sys.stderr, flush=True)
+            texts = [human if self.human else line for line, human in both]
+            print("\n".join(texts), file=sys.stderr, flush=True)
 
     def event(self, event: str, **fields: Any) -> str:
         self.flush()
-        line = format_event(event, **fields)
+        line, human = _both(now_iso(), event, fields)
         self._write(line)
         if self.echo:
-            text = format_human(event, **fields) if self.human else line
-            print(text, file=sys.stderr, flush=True)
+            print(human if self.human else line, file=sys.stderr, flush=True)
         return line
 
     def _write(self, line: str) -> None:
