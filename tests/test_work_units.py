@@ -44,3 +44,8 @@ def test_exec_without_shell_passes_the_body_as_data_and_fails_on_non_zero_exit(t
         RunCommand("sh -c 'exit 3'")(task, threading.Event())
     assert DotSleep(1.0).is_instant(Task("no dots", "t-2")) is True
     assert DotSleep(1.0).is_instant(Task("one.", "t-3")) is False
+
+
+def test_a_value_ending_in_a_newline_stays_on_its_line():
+    line = logformat.format_event("done", task="t-1", output="ok\n")
+    assert "\n" not in line and parse_line(line)["output"] == "ok\n"

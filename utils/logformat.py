@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-_BARE = re.compile(r'^[^\s"=]+$')
+_BARE = re.compile(r'^[^\s"=]+\Z')  # \Z: $ would let a trailing newline through
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
 
 #: Bodies are shortened to this many characters in log lines.
@@ -46,7 +46,7 @@ def _value(v: Any) -> str:
 
 def format_event(event: str, **fields: Any) -> str:
     """One log line for an event; fields whose value is None are left out."""
-    return _both(now_iso(), event, fields)[0]
+    return _both(now_iso(), event, fields, human=False)[0]
 
 
 def parse_line(line: str) -> dict[str, str] | None:
@@ -94,15 +94,16 @@ def format_human(event: str, **fields: Any) -> str:
     return _both(now_iso(), event, fields)[1]
 
 
-def _both(ts: str, event: str, fields: dict[str, Any]) -> tuple[str, str]:
-    """The log line and the terminal line of one event, formatting each value once."""
+def _both(ts: str, event: str, fields: dict[str, Any], human: bool = True) -> tuple[str, str]:
+    """The log line and (if asked for) the terminal line of one event, each value formatted once."""
     pairs = [(k, _value(v)) for k, v in fields.items() if v is not None]
     line = " ".join([f"ts={ts}", f"event={event}"] + [f"{k}={v}" for k, v in pairs])
+    if not human:
+        return line, ""
     note = fields.get("note") or ""
     rest = " ".join(f"{k}={v}" for k, v in pairs if k != "note" and k not in _QUIET_FIELDS)
     # The time as in the log file (UTC), so the two are easy to match.
-    human = " ".join(x for x in (f"{ts[11:19]} {event:<14}", note, rest) if x)
-    return line, human
+    return line, " ".join(x for x in (f"{ts[11:19]} {event:<14}", note, rest) if x)
 
 
 class EventLog:
@@ -143,15 +144,16 @@ class EventLog:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        both = [_both(ts, event, fields) for event, fields, ts in pending]
+        friendly = self.echo and self.human
+        both = [_both(ts, event, fields, friendly) for event, fields, ts in pending]
         self._write("\n".join(line for line, _human in both))
         if self.echo:
-            texts = [human if self.human else line for line, human in both]
+            texts = [human if friendly else line for line, human in both]
             print("\n".join(texts), file=sys.stderr, flush=True)
 
     def event(self, event: str, **fields: Any) -> str:
         self.flush()
-        line, human = _both(now_iso(), event, fields)
+        line, human = _both(now_iso(), event, fields, self.echo and self.human)
         self._write(line)
         if self.echo:
             print(human if self.human else line, file=sys.stderr, flush=True)

@@ -371,7 +371,7 @@ class Worker:
                 dots=task.dots,
                 seconds=seconds,
                 attempt=task.attempt,
-                output=detail or None,
+                output=detail.strip() or None,
             )
             self._settle(lambda: self._channel.basic_ack(tag), task, finished=True)
             log.flush()
@@ -398,7 +398,8 @@ class Worker:
                     return "failed", f"timed out after {self.opts.task_timeout:g} s"
                 return "failed", "cancelled"
             except TaskFailed as exc:
-                return "failed", exc.reason + (f"; output: {exc.output}" if exc.output else "")
+                out = exc.output.strip()
+                return "failed", exc.reason + (f"; output: {out}" if out else "")
             except Exception as exc:  # the handler's own error: the task failed
                 return "failed", f"{type(exc).__name__}: {exc}"
             self._announce_stop()
