@@ -330,6 +330,19 @@ def purge_queue(connection: pika.BlockingConnection, name: str) -> int:
     return int(ok.method.message_count)
 
 
+def ensure_queue(connection: pika.BlockingConnection, name: str) -> None:
+    """Make sure a durable side queue (e.g. `<queue>.dead`) exists, as it is if it does."""
+    try:
+        channel = connection.channel()
+        channel.queue_declare(name, passive=True)
+        channel.close()
+        return
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code != NOT_FOUND:
+            raise
+    connection.channel().queue_declare(name, durable=True)
+
+
 def _queue_error(exc: px.ChannelClosedByBroker, name: str) -> TaskToolError:
     if exc.reply_code == 405:
         return QueueMismatch(

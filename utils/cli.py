@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from utils.cli_dead import dead
 from utils.cli_queue import purge, status
 from utils.cli_report import report, wait
 
@@ -20,3 +21,4 @@ main.add_command(report)
 main.add_command(wait)
 main.add_command(status)
 main.add_command(purge)
+main.add_command(dead)

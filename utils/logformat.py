@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-_BARE = re.compile(r'^[^\s"=]+$')
+_BARE = re.compile(r'^[^\s"=]+\Z')  # \Z: $ would let a trailing newline through
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
 
 #: Bodies are shortened to this many characters in log lines.
@@ -46,9 +46,7 @@ def _value(v: Any) -> str:
 
 def format_event(event: str, **fields: Any) -> str:
     """One log line for an event; fields whose value is None are left out."""
-    parts = [f"ts={now_iso()}", f"event={event}"]
-    parts += [f"{k}={_value(v)}" for k, v in fields.items() if v is not None]
-    return " ".join(parts)
+    return _both(now_iso(), event, fields, human=False)[0]
 
 
 def parse_line(line: str) -> dict[str, str] | None:
@@ -83,10 +81,37 @@ def shorten(text: str, limit: int = BODY_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: Fields the terminal echo leaves out (they are in the log file).
+_QUIET_FIELDS = ("worker", "run")
+
+
+def format_human(event: str, **fields: Any) -> str:
+    """A shorter terminal form of an event: time, event, the note as prose, then the fields.
+
+    23:59:01 started        task=...-3 row=3 dots=2 attempt=1 body="Task 3 .."
+    23:59:04 shutdown_warm  warm stop (1 of 2): finishing the current task, ...
+    """
+    return _both(now_iso(), event, fields)[1]
+
+
+def _both(ts: str, event: str, fields: dict[str, Any], human: bool = True) -> tuple[str, str]:
+    """The log line and (if asked for) the terminal line of one event, each value formatted once."""
+    pairs = [(k, _value(v)) for k, v in fields.items() if v is not None]
+    line = " ".join([f"ts={ts}", f"event={event}"] + [f"{k}={v}" for k, v in pairs])
+    if not human:
+        return line, ""
+    note = fields.get("note") or ""
+    rest = " ".join(f"{k}={v}" for k, v in pairs if k != "note" and k not in _QUIET_FIELDS)
+    # The time as in the log file (UTC), so the two are easy to match.
+    return line, " ".join(x for x in (f"{ts[11:19]} {event:<14}", note, rest) if x)
+
+
 class EventLog:
     """Writes event lines to a rotating file and, optionally, to the terminal."""
 
-    def __init__(self, path: Path, *, echo: bool = True, name: str = "") -> None:
+    def __init__(
+        self, path: Path, *, echo: bool = True, name: str = "", human: bool = False
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # One logger per file; handlers are added once, however often this is built.
@@ -101,15 +126,63 @@ class EventLog:
             self._logger.addHandler(handler)
         self.echo = echo
         self.name = name
+        self._size = path.stat().st_size if path.exists() else 0
+        self._pending: list[tuple[str, dict[str, Any], str]] = []
+        #: Echo a shorter, friendlier form to the terminal; the file keeps key=value lines.
+        self.human = human
+
+    def defer(self, event: str, **fields: Any) -> None:
+        """Stamp an event now but write it at the next flush() or event(), in order.
+
+        A worker defers the lines of a task that takes no time until its ack is on the
+        wire, so the write overlaps the broker's round trip instead of adding to it.
+        """
+        self._pending.append((event, fields, now_iso()))
+
+    def flush(self) -> None:
+        """Write the deferred events, in one write."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        friendly = self.echo and self.human
+        both = [_both(ts, event, fields, friendly) for event, fields, ts in pending]
+        self._write("\n".join(line for line, _human in both))
+        if self.echo:
+            texts = [human if friendly else line for line, human in both]
+            print("\n".join(texts), file=sys.stderr, flush=True)
 
     def event(self, event: str, **fields: Any) -> str:
-        line = format_event(event, **fields)
-        self._logger.info(line)
+        self.flush()
+        line, human = _both(now_iso(), event, fields, self.echo and self.human)
+        self._write(line)
         if self.echo:
-            print(line, file=sys.stderr, flush=True)
+            print(human if self.human else line, file=sys.stderr, flush=True)
         return line
 
+    def _write(self, line: str) -> None:
+        """Append one line and flush it, rotating by size as the handler would.
+
+        Straight to the handler's stream: the logging machinery (a record, the caller's
+        frame, two stat calls per line) cost a busy worker several times more than the
+        write itself.
+        """
+        handler = self._logger.handlers[0]
+        assert isinstance(handler, logging.handlers.RotatingFileHandler)
+        handler.acquire()
+        try:
+            if handler.stream is None:  # closed after a rollover elsewhere
+                handler.stream = handler._open()
+            handler.stream.write(line + "\n")
+            handler.stream.flush()
+            self._size += len(line) + 1  # characters; near enough to bytes for rotation
+            if self._size >= MAX_BYTES:
+                handler.doRollover()
+                self._size = 0
+        finally:
+            handler.release()
+
     def close(self) -> None:
+        self.flush()
         for h in list(self._logger.handlers):
             h.close()
             self._logger.removeHandler(h)

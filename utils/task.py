@@ -117,3 +117,21 @@ def delivery_ids(properties: pika.BasicProperties, body: bytes) -> tuple[str, An
     headers = properties.headers or {}
     tid = properties.message_id or "untracked-" + hashlib.sha1(body).hexdigest()[:12]
     return str(tid), headers.get(H_ROW), _text(headers.get(H_RUN))
+
+
+#: Headers about one trip through the work queue; a requeued dead letter starts afresh.
+ATTEMPT_HEADERS = (H_ATTEMPT, H_REASON, H_DELIVERY_COUNT)
+
+
+def copy_properties(
+    properties: pika.BasicProperties, headers: dict[str, Any]
+) -> pika.BasicProperties:
+    """Persistent properties for a copy of a delivered message, with the given headers."""
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        message_id=properties.message_id,
+        timestamp=properties.timestamp,
+        headers=headers,
+    )

@@ -125,7 +125,7 @@ def main(
         task_timeout=task_timeout,
         max_attempts=max_attempts,
     )
-    log = EventLog(log_path(log_dir, name), echo=not quiet)
+    log = EventLog(log_path(log_dir, name), echo=not quiet, human=True)
     worker = Worker(settings, opts, handler, log)
 
     def on_signal(signum: int, frame: object) -> None:

@@ -21,7 +21,7 @@ from utils import broker
 from utils.errors import AccessRefused, QueueMismatch, TaskToolError
 from utils.logformat import EventLog, shorten
 from utils.settings import Settings, url_host
-from utils.task import H_ATTEMPT, H_REASON, DecodeError, Task, delivery_ids
+from utils.task import H_ATTEMPT, H_REASON, DecodeError, Task, copy_properties, delivery_ids
 from worker.handlers import Cancelled, Handler, TaskFailed
 
 #: How often the loop wakes to pump heartbeats and look at stop requests, in seconds.
@@ -29,6 +29,10 @@ TICK = 0.2
 #: Reconnect back-off: first delay, and the cap.
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
+#: A connection that lasted this long resets the back-off; one lost sooner does not.
+STABLE_AFTER = 10.0
+#: How many finished-but-unacked task ids a worker remembers.
+DONE_UNACKED_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,11 @@ class Worker:
         self.log = log
         self.summary = Summary()
         self.stop_stage = 0  # 0 running, 1 warm stop, 2 cold stop
+        self._announced = 0  # the stop stages already logged
+        self._lost_logged = False  # connection_lost already logged for this connection
+        #: Tasks that finished but whose ack was lost: a redelivered copy is acked at once
+        #: instead of being run again (bounded; oldest forgotten first).
+        self._done_unacked: dict[str, None] = {}
         self._deliveries: deque[Delivery] = deque()
         self._cancel = threading.Event()
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="task")
@@ -94,29 +103,39 @@ class Worker:
         self._dead_declared = False
         self._settled = 0  # messages acked, requeued for retry, or dead-lettered
         self.queue_type = settings.queue_type
+        self._instant = getattr(handler, "is_instant", None)
 
     # -- stopping ---------------------------------------------------------------------------
     def request_stop(self) -> None:
-        """First call: warm stop (finish the task). Second: cold stop (give it back)."""
+        """First call: warm stop (finish the task). Second: cold stop (give it back).
+
+        Called from a signal handler, so it only sets the stage; the loop, awake every
+        TICK, says so in the log (printing from a signal handler can interrupt a print).
+        """
         self.stop_stage = min(2, self.stop_stage + 1)
-        current = self._current.task_id if self._current else None
-        if self.stop_stage == 1:
-            self.log.event(
-                "shutdown_warm",
-                worker=self.opts.name,
-                task=current,
-                note="finishing the current task, then exiting; stop again to give it back"
-                if current
-                else "idle; exiting",
-            )
-        else:
-            self._cancel.set()
-            self.log.event(
-                "shutdown_cold",
-                worker=self.opts.name,
-                task=current,
-                note="giving the current task back to the queue" if current else "exiting",
-            )
+
+    def _announce_stop(self) -> None:
+        """Log each stop stage once, and cancel the task on a cold stop."""
+        while self._announced < self.stop_stage:
+            self._announced += 1
+            task = self._current
+            ids = _ids(task)
+            if self._announced == 1:
+                note = (
+                    "warm stop (1 of 2): finishing the current task, then exiting; "
+                    "stop again to give it back to the queue"
+                    if task
+                    else "warm stop (1 of 2): idle, exiting"
+                )
+                self.log.event("shutdown_warm", worker=self.opts.name, **ids, note=note)
+            else:
+                self._cancel.set()
+                note = (
+                    "cold stop (2 of 2): giving the current task back to the queue, exiting"
+                    if task
+                    else "cold stop (2 of 2): exiting"
+                )
+                self.log.event("shutdown_cold", worker=self.opts.name, **ids, note=note)
 
     def _should_exit(self, after_one_more: bool = False) -> bool:
         if self.stop_stage:
@@ -126,6 +145,7 @@ class Worker:
 
     # -- the outer loop: connect, consume, reconnect ----------------------------------------
     def run(self) -> Summary:
+        """Consume until stopped, reconnecting with capped, jittered back-off when the broker goes."""
         delay = BACKOFF_FIRST
         first = True
         attempt = 0
@@ -148,14 +168,19 @@ class Worker:
                 )
                 delay = min(BACKOFF_CAP, delay * 2)
                 if self._sleep_unless_stopped(wait):
-                    self.summary.stop = "stopped while reconnecting"
+                    self.summary.stop = self._stop_text("while reconnecting")
                     return self.summary
                 continue
             if not first:
                 self.log.event(
-                    "reconnected", worker=self.opts.name, node=self._node, attempts=attempt
+                    "reconnected",
+                    worker=self.opts.name,
+                    node=self._node,
+                    attempts=attempt + 1,
+                    note="connection restored; consuming again",
                 )
-            first, delay, attempt = False, BACKOFF_FIRST, 0
+            first, attempt = False, 0
+            connected_at = time.monotonic()
             try:
                 self._consume()
                 self._close()
@@ -163,16 +188,51 @@ class Worker:
             except _Lost as lost:
                 self._drop_connection()
                 self._deliveries.clear()  # unacked: the broker gives them back
-                self.log.event("connection_lost", worker=self.opts.name, reason=str(lost))
-                if self.stop_stage == 2 or (self.stop_stage == 1 and self._current is None):
+                self._log_lost(str(lost))
+                self._lost_logged = False
+                if self.stop_stage:
+                    self.summary.stop = self._stop_text("after the connection was lost")
                     return self.summary
+                if time.monotonic() - connected_at > STABLE_AFTER:
+                    delay = BACKOFF_FIRST
+                    continue
+                # Lost soon after connecting (a broker that keeps closing us, say): back
+                # off as for a failed connect, so that nothing spins.
+                wait = min(BACKOFF_CAP, delay) * (0.5 + random.random() / 2)
+                delay = min(BACKOFF_CAP, delay * 2)
+                if self._sleep_unless_stopped(wait):
+                    self.summary.stop = self._stop_text("while reconnecting")
+                    return self.summary
+
+    def _stop_text(self, when: str) -> str:
+        if self.stop_stage == 2:
+            return f"cold stop {when}"
+        if self.stop_stage == 1:
+            return f"warm stop {when}"
+        return when
+
+    def _log_lost(self, reason: str, task: Task | None = None) -> None:
+        """Say once per connection, in plain words, that it is gone and what happens next."""
+        if self._lost_logged:
+            return
+        self._lost_logged = True
+        note = (
+            "finishing the task; its ack will be lost, so the broker will redeliver it"
+            if task
+            else "reconnecting"
+        )
+        self.log.event(
+            "connection_lost", worker=self.opts.name, **_ids(task), reason=reason, note=note
+        )
 
     def _sleep_unless_stopped(self, seconds: float) -> bool:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
+            self._announce_stop()
             if self.stop_stage:
                 return True
-            time.sleep(min(TICK, end - time.monotonic()))
+            time.sleep(max(0.0, min(TICK, end - time.monotonic())))
+        self._announce_stop()
         return bool(self.stop_stage)
 
     def _connect(self, first: bool) -> None:
@@ -185,8 +245,14 @@ class Worker:
             channel.basic_qos(prefetch_count=self.opts.prefetch)
             self._consumer_tag = channel.basic_consume(self.settings.queue, self._on_delivery)
         except broker.CONNECTION_ERRORS as exc:
+            _close_quietly(conn)
             raise TaskToolError(broker.plain_reason(exc)) from None
+        except TaskToolError:
+            _close_quietly(conn)
+            raise
         self._conn, self._channel = conn, channel
+        self._arm_wake(conn)
+        self._dead_declared = False  # the dead-letter queue may have gone with the broker
         self.queue_type = info.queue_type
         if first:
             self.log.event(
@@ -202,29 +268,47 @@ class Worker:
     def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._deliveries.append((method, properties, body))
 
-    def _pump(self, seconds: float) -> None:
+    def _arm_wake(self, conn: Any) -> None:
+        """Wake the loop every TICK on this connection, for as long as it is ours.
+
+        With this timer in place, waiting for a delivery needs no time limit, which spares
+        pika a timer per wait (a measurable share of a very short task's cost).
+        """
+
+        def wake() -> None:
+            ours = self._conn is conn  # a later connection arms its own timer
+            if ours and conn.is_open:
+                conn.call_later(TICK, wake)
+
+        conn.call_later(TICK, wake)
+
+    def _pump(self, seconds: float | None) -> None:
+        """Process broker events: for up to `seconds`, or (None) until the next event or TICK."""
         assert self._conn is not None
         try:
             self._conn.process_data_events(time_limit=seconds)
         except broker.CHANNEL_CLOSED_ERRORS as exc:
-            raise _Lost(broker.plain_reason(exc)) from None
+            raise _Lost("the broker closed the channel: " + broker.plain_reason(exc)) from None
         except broker.CONNECTION_ERRORS as exc:
             raise _Lost(broker.plain_reason(exc) or type(exc).__name__) from None
 
     def _consume(self) -> None:
         idle_since = time.monotonic()
-        while not self._should_exit():
+        while True:
+            self._announce_stop()
+            if self._should_exit():
+                break
             if self._deliveries:
                 self._handle(self._deliveries.popleft())
                 idle_since = time.monotonic()
                 continue
-            limit = TICK
+            limit: float | None = None  # the wake timer ends the wait within TICK
             if self.opts.exit_when_idle is not None:
                 left = idle_since + self.opts.exit_when_idle - time.monotonic()
                 if left <= 0:
                     self.summary.stop = f"idle for {self.opts.exit_when_idle:g} s"
                     return
-                limit = min(limit, left)
+                limit = left if left < TICK else None
             self._pump(limit)
         if self.stop_stage == 2:
             self.summary.stop = "cold stop"
@@ -242,26 +326,52 @@ class Worker:
         except DecodeError as exc:
             tid, row, run = delivery_ids(properties, body)
             self.log.event(
-                "failed", worker=self.opts.name, task=tid, row=row, run=run, reason=str(exc)
+                "failed",
+                worker=self.opts.name,
+                task=tid,
+                row=row,
+                run=run,
+                reason=f"poison message: {exc}",
             )
             self._dead_letter(tag, properties, body, str(exc), tid, row, run)
             return
         if method.redelivered:
             self.summary.redelivered += 1
-        self._current = task
-        self.log.event(
+        log = self.log
+        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}
+        # A task that takes no time has its two lines written once its ack is sent (see
+        # EventLog.defer); any other line, ack_lost included, writes them first, in order.
+        instant = self._instant is not None and self._instant(task)
+        emit = log.defer if instant else log.event
+        emit(
             "started",
             worker=self.opts.name,
-            task=task.task_id,
-            row=task.row,
-            run=task.run_id,
+            **ids,
             dots=task.dots,
             attempt=task.attempt,
             redelivered=bool(method.redelivered),
             body=shorten(task.body),
         )
+        if method.redelivered and task.task_id in self._done_unacked:
+            # We finished this very task, then lost its ack (e.g. the broker's
+            # consumer_timeout closed the channel): ack the copy instead of running it again,
+            # which for a task longer than consumer_timeout would loop forever.
+            del self._done_unacked[task.task_id]
+            self.summary.done += 1
+            log.event(
+                "done",
+                worker=self.opts.name,
+                **ids,
+                seconds=0.0,
+                attempt=task.attempt,
+                note="finished earlier, but its ack was lost; acked this copy without running it again",
+            )
+            self._settle(lambda: self._channel.basic_ack(tag), task)
+            return
+        self._current = task
         began = time.monotonic()
-        outcome, detail = self._run(task)
+        # Nothing to do for an instant task: no thread hop, which would cost more than it.
+        outcome, detail = ("done", "") if instant else self._run(task)
         seconds = time.monotonic() - began
         self.summary.busy += seconds
         self._current = None
@@ -269,29 +379,28 @@ class Worker:
             self._reject(tag, task)
             return
         if outcome == "done":
-            self._settle(lambda: self._channel.basic_ack(tag), task)
             self.summary.done += 1
-            self.log.event(
+            emit(
                 "done",
                 worker=self.opts.name,
-                task=task.task_id,
-                row=task.row,
-                run=task.run_id,
+                **ids,
                 dots=task.dots,
                 seconds=seconds,
                 attempt=task.attempt,
-                output=detail or None,
+                output=detail.strip() or None,
             )
+            self._settle(lambda: self._channel.basic_ack(tag), task, finished=True)
+            log.flush()
             return
         self._failed(tag, properties, body, task, detail, seconds)
 
     def _run(self, task: Task) -> tuple[str, str]:
-        """Run the handler in the helper thread, pumping heartbeats; (outcome, detail)."""
+        """Run the handler, pumping heartbeats while it works; (outcome, detail)."""
         self._cancel.clear()
         future = self._pool.submit(self.handler, task, self._cancel)
         deadline = time.monotonic() + self.opts.task_timeout if self.opts.task_timeout else None
         timed_out = False
-        lost: _Lost | None = None
+        lost = False
         while True:
             try:
                 output = future.result(timeout=TICK)
@@ -305,45 +414,72 @@ class Worker:
                     return "failed", f"timed out after {self.opts.task_timeout:g} s"
                 return "failed", "cancelled"
             except TaskFailed as exc:
-                return "failed", exc.reason + (f"; output: {exc.output}" if exc.output else "")
+                out = exc.output.strip()
+                return "failed", exc.reason + (f"; output: {out}" if out else "")
             except Exception as exc:  # the handler's own error: the task failed
                 return "failed", f"{type(exc).__name__}: {exc}"
+            self._announce_stop()
             if self.stop_stage == 2:
                 self._cancel.set()
-                self._abandon_if_stuck(future)
+                self._abandon_if_stuck(future, lost)
                 return "cold", ""
             if deadline is not None and time.monotonic() > deadline and not timed_out:
                 timed_out = True
                 self._cancel.set()
-                if self._abandon_if_stuck(future):
+                if self._abandon_if_stuck(future, lost):
                     return "failed", f"timed out after {self.opts.task_timeout:g} s"
-            if lost is None:
+            if not lost:
                 try:
                     self._pump(0)
                 except _Lost as exc:
                     # Finish the task all the same; its ack will fail and say so.
-                    lost = exc
+                    lost = True
+                    self._log_lost(str(exc), task)
 
-    def _abandon_if_stuck(self, future: cf.Future[str]) -> bool:
-        """Give a handler that ignores cancel 2 s, then leave its thread behind."""
-        try:
-            future.result(timeout=2.0)
+    def _abandon_if_stuck(self, future: cf.Future[str], lost: bool) -> bool:
+        """Give a handler that ignores cancel 2 s (pumping meanwhile), then leave it behind."""
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            if future.done():
+                return False
+            if not lost:
+                try:
+                    self._pump(TICK / 2)
+                    continue
+                except _Lost as exc:
+                    lost = True
+                    self._log_lost(str(exc), self._current)
+            time.sleep(TICK / 2)
+        if future.done():
             return False
-        except cf.TimeoutError:
-            self._pool.shutdown(wait=False)
-            self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="task")
-            return True
-        except Exception:
-            return False
+        self._pool.shutdown(wait=False)
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="task")
+        return True
 
-    def _settle(self, action: Any, task: Task | None = None, tid: str | None = None) -> None:
-        """Ack, nack or reject one message; if it is our last, stop the consumer first."""
+    def _settle(
+        self,
+        action: Any,
+        task: Task | None = None,
+        tid: str | None = None,
+        finished: bool = False,
+    ) -> None:
+        """Ack, nack or reject one message; if it is our last, stop the consumer first.
+
+        `finished`: the task's work is done, so if the ack is lost we remember its id and
+        ack a redelivered copy without running it again.
+        """
         try:
+            if self._conn is None or not self._conn.is_open or not self._channel.is_open:
+                raise _Lost("the channel was already closed")
             if self._should_exit(after_one_more=True):
                 self._cancel_consumer()
             action()
         except _SETTLE_ERRORS as exc:
             tid = task.task_id if task else tid
+            if finished and tid is not None:
+                self._done_unacked[tid] = None
+                while len(self._done_unacked) > DONE_UNACKED_MAX:
+                    del self._done_unacked[next(iter(self._done_unacked))]
             self.log.event(
                 "ack_lost",
                 worker=self.opts.name,
@@ -366,23 +502,22 @@ class Worker:
             for method, _props, _body in self._deliveries:
                 self._channel.basic_nack(method.delivery_tag, requeue=True)
             self._deliveries.clear()
-        except broker.CONNECTION_ERRORS as exc:
+        except broker.LOST_ERRORS as exc:
             raise _Lost(broker.plain_reason(exc)) from None
 
     def _reject(self, tag: int, task: Task) -> None:
         try:
             self._cancel_consumer()
             self._channel.basic_reject(tag, requeue=True)
-            self.log.event(
-                "requeued",
-                worker=self.opts.name,
-                task=task.task_id,
-                row=task.row,
-                run=task.run_id,
-                reason="cold stop",
-            )
         except _SETTLE_ERRORS:
             pass  # closing the connection gives it back all the same
+        self.log.event(
+            "requeued",
+            worker=self.opts.name,
+            **_ids(task),
+            reason="cold stop",
+            note="gave the task back to the queue unfinished; another worker will do it",
+        )
 
     # -- failures, retries and dead letters -------------------------------------------------
     def _failed(
@@ -392,22 +527,20 @@ class Worker:
         self.log.event(
             "failed",
             worker=self.opts.name,
-            task=task.task_id,
-            row=task.row,
-            run=task.run_id,
+            **_ids(task),
             attempt=task.attempt,
+            of=self.opts.max_attempts,
             seconds=seconds,
             reason=shorten(reason, 300),
         )
         if task.attempt >= self.opts.max_attempts:
+            reason = f"failed {task.attempt} times; last: {reason}"
             self._dead_letter(tag, properties, body, reason, task.task_id, task.row, task.run_id)
             return
         self.log.event(
             "retry",
             worker=self.opts.name,
-            task=task.task_id,
-            row=task.row,
-            run=task.run_id,
+            **_ids(task),
             attempt=task.attempt + 1,
             of=self.opts.max_attempts,
         )
@@ -438,6 +571,7 @@ class Worker:
             run=run,
             queue=dead,
             reason=shorten(reason, 300),
+            note=f"moved to {dead}; 'tasks dead' lists it, 'tasks dead --requeue' retries it",
         )
 
     def _publish_confirmed(
@@ -451,19 +585,11 @@ class Worker:
         """Publish a copy on a confirm channel, so the original is acked only once it is safe."""
         assert self._conn is not None
         try:
-            ch = self._conn.channel()
             if declare:
-                ch.queue_declare(queue, durable=True)
+                broker.ensure_queue(self._conn, queue)
+            ch = self._conn.channel()
             ch.confirm_delivery()
-            props = pika.BasicProperties(
-                delivery_mode=2,
-                content_type=properties.content_type,
-                content_encoding=properties.content_encoding,
-                message_id=properties.message_id,
-                timestamp=properties.timestamp,
-                headers=headers,
-            )
-            ch.basic_publish("", queue, body, props, mandatory=True)
+            ch.basic_publish("", queue, body, copy_properties(properties, headers), mandatory=True)
             ch.close()
         except broker.LOST_ERRORS + broker.PUBLISH_ERRORS as exc:
             raise _Lost(broker.plain_reason(exc)) from None
@@ -483,8 +609,19 @@ class Worker:
     def _drop_connection(self) -> None:
         conn, self._conn, self._consumer_tag = self._conn, None, None
         if conn is not None:
-            try:
-                if conn.is_open:
-                    conn.close()
-            except Exception:
-                pass
+            _close_quietly(conn)
+
+
+def _ids(task: Task | None) -> dict[str, Any]:
+    """The task, row and run fields every event about a task carries."""
+    if task is None:
+        return {}
+    return {"task": task.task_id, "row": task.row, "run": task.run_id}
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        if conn.is_open:
+            conn.close()
+    except Exception:
+        pass  # it is going away anyway; nothing of ours is left on it

@@ -1,0 +1,93 @@
+"""`tasks dead`: list the dead-letter queue, or send its messages back to the work queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from utils import broker
+from utils.cli_common import broker_options, handle_errors, make_settings
+from utils.errors import ConnectionLost
+from utils.logformat import shorten
+from utils.task import ATTEMPT_HEADERS, H_REASON, copy_properties, delivery_ids
+
+
+@click.command()
+@click.option(
+    "--requeue",
+    is_flag=True,
+    help="Move every dead letter back to the work queue, its attempt count reset.",
+)
+@broker_options
+@handle_errors
+def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_dir: Path) -> None:
+    """List the tasks that failed for good (in <queue>.dead), or retry them with --requeue.
+
+    Listing takes nothing away: the messages are read unacknowledged and given back. With
+    --requeue each one is published to the work queue, confirmed by the broker, and only
+    then removed from the dead-letter queue, so a crash half-way loses nothing.
+    """
+    settings = make_settings(urls, queue, queue_type, log_dir)
+    dead_queue = f"{queue}.dead"
+    conn, _url = broker.connect(settings, client_name="tasks dead")
+    try:
+        _dead(conn, settings, dead_queue, requeue)
+    except broker.LOST_ERRORS + broker.PUBLISH_ERRORS as exc:
+        raise ConnectionLost(
+            f"lost the broker while reading {dead_queue}: {broker.plain_reason(exc)}",
+            "nothing was lost: messages not yet moved are still in the dead-letter queue; "
+            "run the command again",
+        ) from None
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
+    channel = conn.channel()
+    try:
+        count = channel.queue_declare(dead_queue, passive=True).method.message_count
+    except broker.CHANNEL_CLOSED_ERRORS as exc:
+        if getattr(exc, "reply_code", None) != broker.NOT_FOUND:
+            raise
+        click.echo(f"no dead letters: {dead_queue} does not exist")
+        return
+    # Take at most the messages there now, all unacked: none comes round twice, and any
+    # we do not settle go back to the queue when the channel closes.
+    got = []
+    for _ in range(count):
+        method, props, body = channel.basic_get(dead_queue, auto_ack=False)
+        if method is None:
+            break
+        got.append((method, props, body))
+    if not got:
+        click.echo(f"no dead letters in {dead_queue}")
+        return
+    if not requeue:
+        click.echo(f"{len(got)} dead letter(s) in {dead_queue}:")
+        for _method, props, body in got:
+            click.echo(_describe(props, body))
+        channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+        click.echo(f"(left in place; 'tasks dead --requeue' sends them back to {settings.queue})")
+        return
+    broker.declare_queue(conn, settings)
+    out = conn.channel()
+    out.confirm_delivery()
+    for method, props, body in got:
+        headers = {k: v for k, v in (props.headers or {}).items() if k not in ATTEMPT_HEADERS}
+        out.basic_publish("", settings.queue, body, copy_properties(props, headers), mandatory=True)
+        channel.basic_ack(method.delivery_tag)  # only once the copy is confirmed
+        click.echo("requeued " + _describe(props, body))
+    click.echo(f"moved {len(got)} dead letter(s) back to {settings.queue}")
+
+
+def _describe(props: Any, body: bytes) -> str:
+    """One line for a dead letter: row, task id, reason and the start of its body."""
+    tid, row, _run = delivery_ids(props, body)
+    reason = (props.headers or {}).get(H_REASON, "?")
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    text = body.decode("utf-8", "backslashreplace")
+    return f"  row {row if row is not None else '-'}  task {tid}  reason: {reason}  body: {shorten(text)!r}"
