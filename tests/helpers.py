@@ -92,13 +92,15 @@ def wait_for(
 ) -> object:
     """Poll check() until it returns something truthy; fail with `what` if it never does."""
     end = time.monotonic() + timeout
+    pause = 0.02  # grows to 0.5 s, so that a costly check is not run back to back
     while time.monotonic() < end:
         got = check()
         if got:
             return got
         if alive is not None and alive.popen.poll() is not None:
             raise AssertionError(f"process exited before {what}:\n{alive.output()}")
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(0.5, pause * 1.5)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -149,7 +151,7 @@ def done_rows(logs: Path) -> set[int]:
     """Rows that some worker in this log folder logged as done."""
     return {
         int(e["row"])
-        for f in logs.glob("worker-*.log")
+        for f in logs.glob("worker-*.log*")  # rotated files too
         for e in events(f)
         if e["event"] == "done" and e.get("row", "").isdigit()
     }

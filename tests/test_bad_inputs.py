@@ -8,7 +8,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.helpers import no_traceback, run
+from tests.helpers import events, no_traceback, run
 
 
 def queue_depth(url: str, queue: str) -> int:
@@ -162,3 +162,41 @@ def test_tasks_report_for_an_unknown_run_says_so(env, logs):
     assert run("emit", "--message", "x", env=env).returncode == 0
     r = run("tasks", "report", str(logs), "--run", "no-such-run", env=env)
     assert r.returncode == 1 and "no-such-run" in r.stderr and no_traceback(r.stderr)
+
+
+def test_the_worker_survives_huge_empty_and_binary_bodies(env, broker_url, queue, logs):
+    """100,000 dots bounded by --task-timeout, a 0-byte body, and bytes that are not text."""
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    for n, body in enumerate([b"huge " + b"." * 100_000, b"", b"\xff\xfe\x00binary"], start=1):
+        props = pika.BasicProperties(
+            delivery_mode=2, message_id=f"odd-{n}", headers={"source-row": n}
+        )
+        ch.basic_publish("", queue, body, props)
+    conn.close()
+    r = run(
+        "work",
+        "--name",
+        "odd",
+        "--seconds-per-dot",
+        "1",
+        "--task-timeout",
+        "1",
+        "--max-attempts",
+        "1",
+        "--max-tasks",
+        "3",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert no_traceback(r.stderr)
+    evs = [
+        (e["event"], e.get("task"), e.get("reason", "")) for e in events(logs / "worker-odd.log")
+    ]
+    assert ("done", "odd-2", "") in evs  # the empty body: zero dots, done
+    dead = {t: why for ev, t, why in evs if ev == "dead_lettered"}
+    assert set(dead) == {"odd-1", "odd-3"}
+    assert "timed out" in dead["odd-1"] and "UTF-8" in dead["odd-3"]
+    assert queue_depth(broker_url, f"{queue}.dead") == 2

@@ -93,6 +93,7 @@ class Worker:
         #: instead of being run again (bounded; oldest forgotten first).
         self._done_unacked: dict[str, None] = {}
         self._deliveries: deque[Delivery] = deque()
+        self._broker_cancelled = False  # set when the broker cancels our consumer
         self._cancel = threading.Event()
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="task")
         self._current: Task | None = None
@@ -244,6 +245,10 @@ class Worker:
             channel, info = broker.declare_queue(conn, self.settings)
             channel.basic_qos(prefetch_count=self.opts.prefetch)
             self._consumer_tag = channel.basic_consume(self.settings.queue, self._on_delivery)
+            # The broker cancels our consumer when the queue is deleted (or its node is
+            # lost); without this we would wait for deliveries that can never come.
+            self._broker_cancelled = False
+            channel.add_on_cancel_callback(self._on_broker_cancel)
         except broker.CONNECTION_ERRORS as exc:
             _close_quietly(conn)
             raise TaskToolError(broker.plain_reason(exc)) from None
@@ -282,6 +287,9 @@ class Worker:
 
         conn.call_later(TICK, wake)
 
+    def _on_broker_cancel(self, frame: Any) -> None:
+        self._broker_cancelled = True
+
     def _pump(self, seconds: float | None) -> None:
         """Process broker events: for up to `seconds`, or (None) until the next event or TICK."""
         assert self._conn is not None
@@ -291,6 +299,11 @@ class Worker:
             raise _Lost("the broker closed the channel: " + broker.plain_reason(exc)) from None
         except broker.CONNECTION_ERRORS as exc:
             raise _Lost(broker.plain_reason(exc) or type(exc).__name__) from None
+        if self._broker_cancelled:
+            raise _Lost(
+                "the broker cancelled our consumer: the queue was deleted, or the node "
+                "holding it went away; declaring it again"
+            )
 
     def _consume(self) -> None:
         idle_since = time.monotonic()
