@@ -117,9 +117,9 @@ class Admin:
         self.conn.close()
 
 
-def broker_pid() -> int | None:
+def broker_pid(port: str | None = None) -> int | None:
     """The beam.smp of our local node, when `scripts/broker` started it (for its CPU time)."""
-    port = os.environ.get("BROKER_PORT", "5672")
+    port = port or os.environ.get("BROKER_PORT", "5672")
     pidfile = ROOT / ".broker" / port / "rabbit.pid"
     try:
         pid = int(pidfile.read_text().strip())
