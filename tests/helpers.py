@@ -133,6 +133,18 @@ def drain(url: str, queue: str) -> list[tuple[pika.spec.Basic.GetOk, pika.BasicP
         conn.close()
 
 
+def queue_ready(url: str, queue: str) -> int:
+    """Messages ready in the queue (0 while it does not exist)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def queue_counts(url: str, queue: str) -> tuple[int, int]:
     """(messages ready, consumers) from a passive declare."""
     conn = pika.BlockingConnection(pika.URLParameters(url))

@@ -8,19 +8,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.helpers import events, no_traceback, run
-
-
-def queue_depth(url: str, queue: str) -> int:
-    """Messages in the queue, or 0 when it was never declared."""
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if conn.is_open:
-            conn.close()
+from tests.helpers import events, no_traceback, queue_ready, run
 
 
 def write(tmp: Path, name: str, data: bytes) -> str:
@@ -100,7 +88,7 @@ def test_emit_refuses_bad_input_and_publishes_nothing(
     assert r.returncode == code, r.stdout + r.stderr
     assert phrase.lower() in r.stderr.lower()
     assert no_traceback(r.stderr)
-    assert queue_depth(broker_url, queue) == 0
+    assert queue_ready(broker_url, queue) == 0
 
 
 WORK_CASES = [
@@ -199,4 +187,4 @@ def test_the_worker_survives_huge_empty_and_binary_bodies(env, broker_url, queue
     dead = {t: why for ev, t, why in evs if ev == "dead_lettered"}
     assert set(dead) == {"odd-1", "odd-3"}
     assert "timed out" in dead["odd-1"] and "UTF-8" in dead["odd-3"]
-    assert queue_depth(broker_url, f"{queue}.dead") == 2
+    assert queue_ready(broker_url, f"{queue}.dead") == 2

@@ -25,6 +25,7 @@ from tests.helpers import (
     Proc,
     done_rows,
     events,
+    queue_ready,
     run,
     spawn,
     wait_for,
@@ -235,18 +236,6 @@ def test_3_a_broker_restart_mid_emit_puts_every_row_in_the_queue(make_node, scen
     r.start_workers(3, "--seconds-per-dot", "0")
     r.wait_done(1000)
     check_and_record("3 broker restart mid-emit", r, 1000)
-
-
-def queue_ready(url: str, queue: str) -> int:
-    """Messages ready in the queue (0 while it does not exist)."""
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return conn.channel().queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if conn.is_open:
-            conn.close()
 
 
 # 4, 5 ----------------------------------------------------------------------------------------

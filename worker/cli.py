@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from utils.cli_common import broker_options, handle_errors, make_settings
-from utils.errors import ExitCode
+from utils.errors import ExitCode, TaskToolError
 from utils.logformat import EventLog
 from worker.consumer import Worker, WorkerOptions
 from worker.handlers import DotSleep, Handler, RunCommand
@@ -135,6 +135,10 @@ def main(
     signal.signal(signal.SIGTERM, on_signal)
     try:
         summary = worker.run()
+    except TaskToolError as exc:
+        # Say in the log why the worker stopped; the command prints the error and hint.
+        worker.summary.stop = f"error: {exc.message}"
+        raise
     finally:
         log.event(
             "worker_stopped",
