@@ -15,22 +15,13 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.helpers import BIN, ROOT, SPAWNED
+from tests.helpers import BIN, ROOT, SPAWNED, broker_script
 
 TEST_PORT = int(os.environ.get("TEST_BROKER_PORT", "5673"))
 
 
-def _broker(port: int, action: str, extra_conf: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BROKER_PORT": str(port)}
-    if extra_conf:
-        env["BROKER_EXTRA_CONF"] = extra_conf
-    return subprocess.run(
-        [str(ROOT / "scripts" / "broker"), action],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def _broker(port: int, action: str) -> subprocess.CompletedProcess[str]:
+    return broker_script(action, BROKER_PORT=str(port))
 
 
 @pytest.fixture(autouse=True)
@@ -105,14 +96,8 @@ class Node:
         self.url = f"amqp://guest:guest@localhost:{port}/%2F"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "BROKER_PORT": str(self.port), "BROKER_PLUGINS": ""}
-        env["BROKER_EXTRA_CONF"] = self.extra_conf
-        return subprocess.run(
-            [str(ROOT / "scripts" / "broker"), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        return broker_script(
+            *args, BROKER_PORT=str(self.port), BROKER_PLUGINS="", BROKER_EXTRA_CONF=self.extra_conf
         )
 
     def start(self) -> None:

@@ -22,6 +22,17 @@ BIN = Path(sys.executable).parent
 WAIT = 60.0
 
 
+def broker_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run scripts/broker with extra environment (BROKER_PORT=..., CLUSTER_PORT=...)."""
+    return subprocess.run(
+        [str(ROOT / "scripts" / "broker"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def run(
     cmd: str, *args: str, env: dict[str, str], input: bytes | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, events, spawn, wait_for, wait_for_event
+from tests.helpers import ROOT, broker_script, events, spawn, wait_for, wait_for_event
 from utils.report import latest_run, read_logs, summarise
 
 pytestmark = pytest.mark.slow
@@ -23,16 +23,10 @@ URLS = ",".join(f"amqp://guest:guest@localhost:{p}/%2F" for p in PORTS)
 
 def broker(*args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
     # The nodes keep the management plugin: `tasks status` asks it for the queue's leader.
-    env = {**os.environ, "CLUSTER_PORT": str(CLUSTER_PORT)}
+    env = {"CLUSTER_PORT": str(CLUSTER_PORT)}
     if port is not None:
         env["BROKER_PORT"] = str(port)
-    return subprocess.run(
-        [str(ROOT / "scripts" / "broker"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return broker_script(*args, **env)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.helpers import no_traceback, run
+from tests.helpers import broker_script, no_traceback, run
 
 
 def make_ca(d: Path, name: str) -> tuple[Path, Path]:
@@ -128,14 +128,8 @@ def test_a_password_never_appears_in_output_or_logs(env, broker_url, logs, tmp_p
     from tests.conftest import TEST_PORT
 
     # A user whose password is the marker, so that successful runs carry it too.
-    ctl = ["ctl"]
     for args in (["add_user", "mcuser", marker], ["set_permissions", "mcuser", ".*", ".*", ".*"]):
-        r = subprocess.run(
-            [str(Path(__file__).parent.parent / "scripts" / "broker"), *ctl, *args],
-            env={**env, "BROKER_PORT": str(TEST_PORT)},
-            capture_output=True,
-            text=True,
-        )
+        r = broker_script("ctl", *args, BROKER_PORT=str(TEST_PORT))
         assert r.returncode == 0 or "already exists" in r.stdout + r.stderr, r.stderr
     outputs = []
     for url in (good, bad):
