@@ -5,12 +5,11 @@ from __future__ import annotations
 import itertools
 import sys
 import webbrowser
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import click
 
-from emitter.emit import EmitOptions, EmitReport, emit, failure_summary
+from emitter.emit import EmitOptions, EmitReport, emit_rows, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.cli_common import broker_options, handle_errors, make_settings
@@ -191,7 +190,7 @@ def main(
             click.echo(f"note: {text}", err=True)
 
     try:
-        report = emit(
+        report = emit_rows(
             settings,
             opts,
             log=log,
@@ -269,6 +268,3 @@ def _dry_run(opts: EmitOptions) -> None:
     click.echo(f"dry run: {stats.selected} tasks would be sent{blank}; nothing was published")
     if stats.selected == 0:
         sys.exit(int(ExitCode.NOTHING_DONE))
-
-
-__all__ = ["Path", "main"]

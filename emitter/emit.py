@@ -39,7 +39,7 @@ class EmitReport:
     resume: str = ""  # "confirmed rows 1..k of N; rerun with --start-row k+1" when unfinished
 
 
-def emit(
+def emit_rows(
     settings: Settings,
     opts: EmitOptions,
     *,
