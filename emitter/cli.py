@@ -91,6 +91,14 @@ PREVIEW_ROWS = 5
     "before giving up.",
 )
 @click.option(
+    "--fast-path/--no-fast-path",
+    envvar="EMIT_FAST_PATH",
+    default=True,
+    show_default=True,
+    help="Publish through emit's own frame encoder on pika's internals (env EMIT_FAST_PATH; "
+    "0 turns it off). It steps aside by itself on a pika it was not tested with.",
+)
+@click.option(
     "--open-admin",
     is_flag=True,
     help="Afterwards, open the queue's page in the RabbitMQ management UI in a browser "
@@ -118,6 +126,7 @@ def main(
     retry_for,
     window,
     blocked_timeout,
+    fast_path,
     open_admin,
     quiet,
     urls,
@@ -156,7 +165,9 @@ def main(
     except LookupError:
         raise BadInput(f"unknown --encoding '{encoding}'", "try utf-8, latin-1 or cp1252") from None
     csv_opts = CsvOptions(header, column, delimiter, encoding, start_row, limit)
-    opts = EmitOptions(source, tuple(messages), csv_opts, order, window, retry_for, blocked_timeout)
+    opts = EmitOptions(
+        source, tuple(messages), csv_opts, order, window, retry_for, blocked_timeout, fast_path
+    )
     settings = make_settings(urls, queue, queue_type, log_dir)
 
     if dry_run:
