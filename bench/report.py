@@ -182,6 +182,32 @@ def emit_section(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def fast_path_section(r: dict[str, Any]) -> list[str]:
+    """emit with and without its fast path (emitter/fastpath.py)."""
+    runs = r.get("emit_fast_path")
+    if not runs:
+        return []
+    out = [
+        "### emit with and without its fast path",
+        "",
+        "The same emit, with the fast path (pre-built frames written below pika's public "
+        "API, docs/EMIT.md) and with `EMIT_FAST_PATH=0` (pika's `basic_publish` only), "
+        "alternating in each repetition, on a fresh queue each time.",
+        "",
+    ]
+    rows = [
+        [
+            e["queue_type"],
+            f"{e['rows']:,}",
+            fmt_spread(e["fast"], "/s"),
+            fmt_spread(e["plain"], "/s"),
+            fmt_ratio(e["fast_vs_plain"]),
+        ]
+        for e in runs.values()
+    ]
+    return out + table(["queue", "rows", "fast path", "EMIT_FAST_PATH=0", "fast / plain"], rows)
+
+
 def lost(values: list[int] | None) -> str:
     return ", ".join(f"{v:,}" for v in values) if values is not None else "not counted"
 
@@ -425,6 +451,7 @@ def render(r: dict[str, Any], notes: str = "") -> str:
         "",
         *table(["figure", "target", "measured", ""], targets(r)),
         *emit_section(r),
+        *fast_path_section(r),
         *work_section(r),
         *fair_section(r),
         *memory_section(r),
