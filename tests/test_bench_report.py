@@ -90,9 +90,13 @@ def test_the_page_shows_emit_with_and_without_its_fast_path():
             "fast": spread(fast),
             "plain": spread(plain),
             "fast_vs_plain": ratios(fast, plain),
+            "fast_cpu": spread([1.0, 1.0, 1.0]),
+            "plain_cpu": spread([2.5, 2.5, 2.5]),
+            "plain_cpu_vs_fast": ratios([2.5] * 3, [1.0] * 3),
         }
     }
     page = render(r)
     assert "| quorum | 20,000 | 31,000/s (30,000-32,000) | 15,500/s (15,000-16,000) | 2.00x" in page
+    assert "| 1.00 s (1.00-1.00) vs 2.50 s (2.50-2.50) | 2.50x (2.50-2.50) |" in page
     assert "EMIT_FAST_PATH=0" in page
     assert "fast path" not in render(_results())  # not measured, not shown
