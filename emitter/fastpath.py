@@ -3,11 +3,11 @@
 Why: pika publishes a message as three frames (method, header, body) built by generic,
 per-field encoders, and hands each frame to the socket with its own send(). In a profile of
 emit those two were most of the client's time. This module builds a task's frames in one go
-(`PublishEncoder`) and joins a batch's frames into one socket write; emit is about 2.4x
-faster for it (docs/EMIT.md). The frames are byte for byte pika's own
+(`PublishEncoder`) and joins a batch's frames into one socket write; emit needs about half
+the CPU for it (docs/EMIT.md). The frames are byte for byte pika's own
 (tests/test_emit_fastpath.py checks it), so the broker cannot tell the two paths apart.
 
-What it relies on: pika's private internals, named here and nowhere else in the project:
+What it relies on: pika's private internals, named here and nowhere else in emit:
 - `connection._adapter_emit_data(bytes)`: pika's own write path for marshaled frames;
 - `connection._body_max_length`: the most body bytes that one frame carries;
 - `connection._transport._tx_buffers`: the deque of bytes waiting for the socket.
@@ -18,7 +18,7 @@ debug log line, and emit publishes every task with `channel.basic_publish`. `EMI
 
 The encoder lives here, not in a module of its own, because its bytes are only of use on
 pika's private write path: the plain path needs no encoder at all. Deleting this file and
-its three call sites in emitter/publisher.py leaves a correct, slower emit.
+its call sites in emitter/publisher.py leaves a correct, slower emit.
 """
 
 from __future__ import annotations
