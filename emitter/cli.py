@@ -95,8 +95,9 @@ PREVIEW_ROWS = 5
     envvar="EMIT_FAST_PATH",
     default=True,
     show_default=True,
-    help="Publish through emit's own frame encoder on pika's internals (env EMIT_FAST_PATH; "
-    "0 turns it off). It steps aside by itself on a pika it was not tested with.",
+    help="Write pre-built frames on pika's private write path, for about half the CPU "
+    "(env EMIT_FAST_PATH; 0 turns it off: pika's public API only). It steps aside by itself "
+    "on a pika version it was not tested with; see docs/EMIT.md.",
 )
 @click.option(
     "--open-admin",
