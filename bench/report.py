@@ -182,6 +182,38 @@ def emit_section(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def fast_path_section(r: dict[str, Any]) -> list[str]:
+    """emit with and without its fast path (emitter/fastpath.py)."""
+    runs = r.get("emit_fast_path")
+    if not runs:
+        return []
+    out = [
+        "### emit with and without its fast path",
+        "",
+        "The same emit, with the fast path (pre-built frames written below pika's public "
+        "API, docs/EMIT.md) and with `EMIT_FAST_PATH=0` (pika's `basic_publish` only), "
+        "alternating in each repetition, on a fresh queue each time. emit's CPU seconds "
+        "(user + system, the child's rusage) are what the fast path saves, and vary less "
+        "than the wall clock on a busy machine.",
+        "",
+    ]
+    rows = [
+        [
+            e["queue_type"],
+            f"{e['rows']:,}",
+            fmt_spread(e["fast"], "/s"),
+            fmt_spread(e["plain"], "/s"),
+            fmt_ratio(e["fast_vs_plain"]),
+            fmt_spread(e["fast_cpu"], " s") + " vs " + fmt_spread(e["plain_cpu"], " s"),
+            fmt_ratio(e["plain_cpu_vs_fast"]),
+        ]
+        for e in runs.values()
+    ]
+    head = ["queue", "rows", "fast path", "EMIT_FAST_PATH=0", "fast / plain"]
+    head += ["emit CPU, fast vs plain", "CPU plain / fast"]
+    return out + table(head, rows)
+
+
 def lost(values: list[int] | None) -> str:
     return ", ".join(f"{v:,}" for v in values) if values is not None else "not counted"
 
@@ -425,6 +457,7 @@ def render(r: dict[str, Any], notes: str = "") -> str:
         "",
         *table(["figure", "target", "measured", ""], targets(r)),
         *emit_section(r),
+        *fast_path_section(r),
         *work_section(r),
         *fair_section(r),
         *memory_section(r),

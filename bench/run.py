@@ -372,6 +372,44 @@ class Bench:
                     e["vs_per_row_connection"] = ratios(emit_r, a_r)
                 out[key] = e
         self.results["emit"] = out
+        self.bench_emit_fast_path()
+
+    def bench_emit_fast_path(self) -> None:
+        """emit with its fast path (emitter/fastpath.py) and with EMIT_FAST_PATH=0, interleaved."""
+        rows = self.plan.emit_rows[0]
+        out: dict[str, Any] = {}
+        for kind in QUEUE_TYPES:
+            fast_r: list[float] = []
+            plain_r: list[float] = []
+            cpu: dict[str, list[float]] = {"1": [], "0": []}  # emit's own CPU seconds
+            for rep in range(self.plan.reps):
+                for switch, rates in (("1", fast_r), ("0", plain_r)):
+                    q = self.queue("emit-fast-path")
+                    logs = self.tmp / "emit-logs"
+                    argv = [str(BIN / "emit"), str(self.csv(rows)), "--queue", q, "-q"]
+                    argv += ["--queue-type", kind, "--log-dir", str(logs)]
+                    f = run_timed(argv, {**self.env, "EMIT_FAST_PATH": switch})
+                    self.admin.delete(q)
+                    rates.append(rate(rows, f.wall))
+                    cpu[switch].append(f.cpu)
+                say(
+                    f"emit {kind}-{rows} rep {rep + 1}: fast path {fast_r[-1]:,.0f}/s, "
+                    f"EMIT_FAST_PATH=0 {plain_r[-1]:,.0f}/s; emit CPU {cpu['1'][-1]:.2f} s "
+                    f"vs {cpu['0'][-1]:.2f} s"
+                )
+            out[kind] = {
+                "rows": rows,
+                "queue_type": kind,
+                "fast": spread(fast_r),
+                "plain": spread(plain_r),
+                "fast_vs_plain": ratios(fast_r, plain_r),
+                # CPU time is what the fast path saves, and it is steadier than the wall
+                # clock on a machine shared with other work.
+                "fast_cpu": spread(cpu["1"]),
+                "plain_cpu": spread(cpu["0"]),
+                "plain_cpu_vs_fast": ratios(cpu["0"], cpu["1"]),
+            }
+        self.results["emit_fast_path"] = out
 
     # -- 2 and 5. work throughput and scaling ---------------------------------------------------
     def work_run(self, workers: int, prefetch: int) -> dict[str, float]:

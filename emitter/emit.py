@@ -25,6 +25,7 @@ class EmitOptions:
     window: int = DEFAULT_WINDOW
     retry_for: float = 60.0
     blocked_timeout: float = 300.0
+    fast_path: bool = True  # emitter/fastpath.py; False (EMIT_FAST_PATH=0): plain pika only
 
 
 @dataclass
@@ -39,7 +40,7 @@ class EmitReport:
     resume: str = ""  # "confirmed rows 1..k of N; rerun with --start-row k+1" when unfinished
 
 
-def emit(
+def emit_rows(
     settings: Settings,
     opts: EmitOptions,
     *,
@@ -99,6 +100,7 @@ def emit(
         on_event=on_event,
         rows_ascending=opts.order == "file",
         first_row=_first_row(opts),
+        fast_path=opts.fast_path,
     )
     result = publisher.publish(tasks, url, live=opts.source == "-")
     if total is None:
@@ -121,6 +123,7 @@ def emit(
         nacked=len(result.nacked),
         blank=stats.blank,
         seconds=result.seconds,
+        published_fast=result.published_fast,
         first_unconfirmed_row=result.first_unconfirmed_row,
         reason=result.error.message if result.error else None,
         resume=resume or None,

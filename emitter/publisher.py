@@ -21,7 +21,7 @@ from typing import Any
 import pika
 from pika.spec import Basic
 
-from emitter.wire import PublishEncoder
+from emitter.fastpath import FastPath, open_fast_path
 from utils import broker
 from utils.errors import BrokerUnavailable, TaskToolError
 from utils.settings import Settings, url_host
@@ -49,6 +49,7 @@ class PublishResult:
     reconnects: int = 0
     seconds: float = 0.0
     first_unconfirmed_row: int | None = None  # every row before it is confirmed
+    published_fast: int = 0  # of `published`, how many went by emitter/fastpath.py
     error: TaskToolError | None = None
     url: str = ""
 
@@ -73,6 +74,7 @@ class Publisher:
         on_event: Callable[..., object] | None = None,
         rows_ascending: bool = True,
         first_row: int = 1,
+        fast_path: bool = True,
     ) -> None:
         self.settings = settings
         self.rows_ascending = rows_ascending
@@ -80,6 +82,7 @@ class Publisher:
         self.window = window
         self.retry_for = retry_for
         self.blocked_timeout = blocked_timeout
+        self.fast_path = fast_path  # False: pika's public basic_publish only (EMIT_FAST_PATH=0)
         self._on_confirm = on_confirm or (lambda n: None)
         self._event = on_event or (lambda event, **kw: None)
         self.result = PublishResult()
@@ -98,7 +101,7 @@ class Publisher:
         self._bad_row = False  # the source raised at a bad row (stdin): stop there
         self._feed: queue_mod.Queue[object] | None = None  # rows read by a thread (stdin)
         self._starving = False  # _pump found the feed empty and waits to be woken
-        self._encoder = PublishEncoder(1, settings.queue, 0, 0)  # replaced per channel
+        self._fast: FastPath | None = None  # per channel: None publishes the plain way
 
     # -- the run ---------------------------------------------------------------------------
     def publish(self, tasks: Iterator[Task], url: str, *, live: bool = False) -> PublishResult:
@@ -202,11 +205,9 @@ class Publisher:
 
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel
-        # pika's frame size for bodies; 0 (unknown) sends every task the generic way
-        body_max = getattr(self._conn, "_body_max_length", 0)
-        self._encoder = PublishEncoder(
-            channel.channel_number, self.settings.queue, body_max, int(time.time())
-        )
+        self._fast = None
+        if self.fast_path:  # it checks pika itself, and may step aside
+            self._fast = open_fast_path(self._conn, channel.channel_number, self.settings.queue)
         self._next_tag = 1
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
@@ -227,9 +228,9 @@ class Publisher:
             return
         queue = self.settings.queue
         pending = self._pending
-        encoder = self._encoder
-        encoder.set_time(int(time.time()))
-        write = getattr(self._conn, "_adapter_emit_data", None)
+        fast = self._fast
+        if fast is not None:
+            fast.set_time(int(time.time()))
         while len(pending) < self.window:
             if self._retry:
                 item = self._retry.popleft()
@@ -244,17 +245,17 @@ class Publisher:
                 item = _Pending(task)
             else:
                 break
-            data = None if write is None else encoder.encode(item.task)
-            if write is None or data is None:
+            if fast is not None and fast.publish(item.task):
+                self.result.published_fast += 1
+            else:
                 ch.basic_publish(
                     "", queue, item.task.encode(), item.task.properties(), mandatory=True
                 )
-            else:  # the same frames, built faster (emitter/wire.py), on the same write path
-                write(data)
             pending[self._next_tag] = item
             self._next_tag += 1
             self.result.published += 1
-        _coalesce_writes(self._conn)
+        if fast is not None:
+            fast.flush()
         if self._exhausted and not pending and not self._retry:
             self._finished = True
             assert self._conn is not None
@@ -376,21 +377,6 @@ class Publisher:
             rows += [t.row for t in self._tasks]
         known = [r for r in rows if r is not None]
         return min(known) if known else None
-
-
-def _coalesce_writes(conn: Any) -> None:
-    """Join the frames buffered for the socket into one write.
-
-    pika buffers each frame (method, header, body: three per message) separately and sends
-    them one socket.send() each; in a profile that was the largest cost of a run. Joining
-    a batch's frames before the I/O loop writes them sends the same bytes in one call.
-    This reaches into pika's transport, so it does nothing if that ever looks different.
-    """
-    buffers = getattr(getattr(conn, "_transport", None), "_tx_buffers", None)
-    if isinstance(buffers, deque) and len(buffers) > 1:
-        joined = b"".join(buffers)
-        buffers.clear()
-        buffers.append(joined)
 
 
 #: Marks the end of the source in the feed.

@@ -147,3 +147,9 @@ def make_node() -> Iterator[object]:
     for node in nodes:
         node.stop()
         node.wipe()
+
+
+@pytest.fixture(params=["fast", "plain"])
+def emit_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
+    """`env`, once with emit's fast path (emitter/fastpath.py) and once with EMIT_FAST_PATH=0."""
+    return {**env, "EMIT_FAST_PATH": "1" if request.param == "fast" else "0"}

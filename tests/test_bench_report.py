@@ -78,3 +78,25 @@ def test_scaling_says_where_more_workers_stop_paying_and_why():
     assert "did not get" in shared and "6.5" in shared
     growing = _workers([1_000.0, 1_900.0, 3_500.0], [0.2, 0.3, 0.3], [0.2, 0.3, 0.3])
     assert "not yet the limit" in scaling_verdict({"cores": 2}, growing, [1, 2, 4])
+
+
+def test_the_page_shows_emit_with_and_without_its_fast_path():
+    r = _results()
+    fast, plain = [30_000.0, 31_000.0, 32_000.0], [15_000.0, 15_500.0, 16_000.0]
+    r["emit_fast_path"] = {
+        "quorum": {
+            "rows": 20_000,
+            "queue_type": "quorum",
+            "fast": spread(fast),
+            "plain": spread(plain),
+            "fast_vs_plain": ratios(fast, plain),
+            "fast_cpu": spread([1.0, 1.0, 1.0]),
+            "plain_cpu": spread([2.5, 2.5, 2.5]),
+            "plain_cpu_vs_fast": ratios([2.5] * 3, [1.0] * 3),
+        }
+    }
+    page = render(r)
+    assert "| quorum | 20,000 | 31,000/s (30,000-32,000) | 15,500/s (15,000-16,000) | 2.00x" in page
+    assert "| 1.00 s (1.00-1.00) vs 2.50 s (2.50-2.50) | 2.50x (2.50-2.50) |" in page
+    assert "EMIT_FAST_PATH=0" in page
+    assert "fast path" not in render(_results())  # not measured, not shown

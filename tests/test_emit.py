@@ -12,9 +12,9 @@ def csv_lines() -> list[str]:
 
 
 def test_emit_publishes_exactly_the_csv_rows_with_bodies_and_properties(
-    env, broker_url, queue, logs
+    emit_env, broker_url, queue, logs
 ):
-    r = run("emit", "tasks.csv", env=env)
+    r = run("emit", "tasks.csv", env=emit_env)
     assert r.returncode == 0, r.stderr
     assert f"published 20 tasks to queue {queue}" in r.stdout
     assert "all confirmed" in r.stdout
@@ -38,6 +38,7 @@ def test_emit_publishes_exactly_the_csv_rows_with_bodies_and_properties(
 
     done = [e for e in events(logs / "emitter.log") if e["event"] == "emit_done"]
     assert done and done[-1]["run"] == run_id and done[-1]["confirmed"] == "20"
+    assert done[-1]["published_fast"] == ("20" if emit_env["EMIT_FAST_PATH"] == "1" else "0")
 
 
 def test_emit_declares_a_durable_quorum_queue_by_default(env, broker_url, queue):

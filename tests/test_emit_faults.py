@@ -74,10 +74,10 @@ def count_is(url: str, queue: str, n: int) -> bool:
 
 
 def test_a_broker_restart_mid_emit_loses_no_row_and_duplicates_keep_their_id(
-    make_node, env, tmp_path, logs
+    make_node, emit_env, tmp_path, logs
 ):
     node = make_node()
-    env = {**env, "AMQP_URL": node.url}
+    env = {**emit_env, "AMQP_URL": node.url}
     queue = env["TASK_QUEUE"]
     emit = Emit(env=env, out=tmp_path / "emit.out")
     emit.feed(rows(1, 50))
@@ -170,7 +170,7 @@ def test_a_queue_deleted_mid_run_is_reported_as_unroutable_rows(
 
 
 def test_nacked_rows_are_republished_a_few_times_then_reported(
-    env, broker_url, queue, tmp_path, logs
+    emit_env, broker_url, queue, tmp_path, logs
 ):
     # A full queue that rejects publishes makes the broker nack them.
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
@@ -183,7 +183,7 @@ def test_nacked_rows_are_republished_a_few_times_then_reported(
     csv = tmp_path / "t.csv"
     csv.write_text("".join(f"{r}\n" for r in rows(1, 5)))
     r = subprocess.run(
-        [str(BIN / "emit"), str(csv)], env=env, capture_output=True, text=True, cwd=ROOT
+        [str(BIN / "emit"), str(csv)], env=emit_env, capture_output=True, text=True, cwd=ROOT
     )
     assert r.returncode == 3
     assert "the broker refused 2 task(s) (rows 4, 5) after 3 republishes each" in r.stderr

@@ -187,8 +187,10 @@ def test_bad_options_are_refused_before_the_broker_is_asked(env, broker_url, que
     assert not queue_exists(broker_url, queue)
 
 
-def test_a_bad_row_on_stdin_stops_there_keeping_the_confirmed_rows(env, broker_url, queue, logs):
-    r = run("-", env=env, input=b"Task 1 .\n\nTask 2 ..\nTask \xff 3\nTask 4 .\n")
+def test_a_bad_row_on_stdin_stops_there_keeping_the_confirmed_rows(
+    emit_env, broker_url, queue, logs
+):
+    r = run("-", env=emit_env, input=b"Task 1 .\n\nTask 2 ..\nTask \xff 3\nTask 4 .\n")
     assert r.returncode == 2
     resume = "confirmed rows 1..2 of 2; rerun with --start-row 3"
     assert f"-:4: bytes that are not utf-8 (byte 0xff); {resume}" in r.stderr
@@ -240,8 +242,8 @@ def test_latin1_with_its_encoding_arrives_as_utf8(env, broker_url, queue, tmp_pa
     assert [b for _, _, b in got] == ["Café crème ..".encode(), "Naïve .".encode()]
 
 
-def test_stdin_rows_are_sent_in_order_with_blank_lines_counted(env, broker_url, queue, logs):
-    r = run("-", env=env, input=b"Task 1 .\n\nTask 2 ..\n\n\nTask 3 ...\n")
+def test_stdin_rows_are_sent_in_order_with_blank_lines_counted(emit_env, broker_url, queue, logs):
+    r = run("-", env=emit_env, input=b"Task 1 .\n\nTask 2 ..\n\n\nTask 3 ...\n")
     assert r.returncode == 0, r.stderr
     assert "3 published, 3 confirmed, 0 republished, 3 blank line(s) skipped" in r.stdout
     got = drain(broker_url, queue)
@@ -251,8 +253,8 @@ def test_stdin_rows_are_sent_in_order_with_blank_lines_counted(env, broker_url, 
     assert done[-1]["blank"] == "3" and done[-1]["confirmed"] == "3"
 
 
-def test_messages_are_sent_without_a_file(env, broker_url, queue):
-    r = run("--message", "Hello...", "-m", "World.", env=env)
+def test_messages_are_sent_without_a_file(emit_env, broker_url, queue):
+    r = run("--message", "Hello...", "-m", "World.", env=emit_env)
     assert r.returncode == 0, r.stderr
     got = drain(broker_url, queue)
     assert [b.decode() for _, _, b in got] == ["Hello...", "World."]
