@@ -30,9 +30,9 @@ from typing import Any
 import pika
 
 from bench.stats import rate, ratios, spread
+from inspector.report import latest_run, read_logs, summarise
+from inspector.schedule import round_robin
 from utils.logformat import parse_ts
-from utils.report import latest_run, read_logs, summarise
-from utils.schedule import round_robin
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -13,7 +13,7 @@ import click
 from emitter.emit import EmitOptions, EmitReport, emit, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
-from utils.cli_common import broker_options, handle_errors, make_settings
+from utils.clikit import broker_options, handle_errors, make_settings
 from utils.errors import BadInput, ExitCode
 from utils.logformat import EventLog, shorten
 from utils.settings import mask_url, url_vhost

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import click
 
-from utils.cli_common import handle_errors
-from utils.errors import BadInput, ExitCode, NothingToDo
-from utils.report import (
+from inspector.report import (
     LogSet,
     Run,
     Summary,
@@ -23,6 +21,8 @@ from utils.report import (
     summarise,
     text_timeline,
 )
+from utils.clikit import handle_errors
+from utils.errors import BadInput, ExitCode, NothingToDo
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
@@ -112,7 +112,7 @@ def report(
 
 
 def _draw(s: Summary, path: Path, quiet: bool) -> None:
-    from utils import timeline
+    from inspector import timeline
 
     try:
         timeline.save(s, path)

@@ -1,7 +1,7 @@
 """Reading the logs back: who did which task, when, and whether anything was lost.
 
 Everything here is a pure function of the log lines, parsed with utils.logformat.
-Rendering (text, JSON, CSV) lives here too; the picture lives in utils/timeline.py.
+Rendering (text, JSON, CSV) lives here too; the picture lives in inspector/timeline.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from inspector.schedule import greedy, lower_bound, lpt, round_robin
 from utils.logformat import parse_line, parse_ts
-from utils.schedule import greedy, lower_bound, lpt, round_robin
 
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
 JSON_SCHEMA = 1

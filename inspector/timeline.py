@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from utils.report import Summary, drawn_end
+from inspector.report import Summary, drawn_end
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

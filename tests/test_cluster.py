@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from inspector.report import latest_run, read_logs, summarise
 from tests.helpers import ROOT, broker_script, events, spawn, wait_for, wait_for_event
-from utils.report import latest_run, read_logs, summarise
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from utils import timeline
-from utils.cli import main
+from inspector import timeline
+from inspector.cli import main
+from inspector.report import all_runs, latest_run, read_logs, summarise, text_timeline
 from utils.logformat import format_event
-from utils.report import all_runs, latest_run, read_logs, summarise, text_timeline
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 R1, R2 = "20260101T120000-aaaa", "20260101T130000-bbbb"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from inspector import timeline
+from inspector.report import latest_run, read_logs, summarise
 from tests.helpers import Proc, events, run, spawn, stop_when_done, wait_for_event
-from utils import timeline
-from utils.report import latest_run, read_logs, summarise
 
 
 def worker(env: dict[str, str], tmp_path: Path, name: str, spd: str, *extra: str) -> Proc:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pika
 
+from inspector.report import latest_run, read_logs, summarise, worker_rows
+from inspector.schedule import greedy
 from tests.helpers import (
     ROOT,
     events,
@@ -17,8 +19,6 @@ from tests.helpers import (
     stop_when_done,
     wait_for_event,
 )
-from utils.report import latest_run, read_logs, summarise, worker_rows
-from utils.schedule import greedy
 
 
 def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from inspector.report import latest_run, read_logs, summarise
 from tests.helpers import events, queue_counts, run, spawn, wait_for, wait_for_event
-from utils.report import latest_run, read_logs, summarise
 
 
 def names(log: Path) -> list[str]:

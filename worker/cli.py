@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from utils.cli_common import broker_options, handle_errors, make_settings
+from utils.clikit import broker_options, handle_errors, make_settings
 from utils.errors import ExitCode, TaskToolError
 from utils.logformat import EventLog
 from worker.consumer import Worker, WorkerOptions
