@@ -226,12 +226,16 @@ def test_timeline_figure_has_one_bar_per_delivery_and_a_lower_bound_line(two_run
 
 def test_unreadable_folders_and_bad_options_give_a_clear_error_not_a_traceback(tmp_path):
     (tmp_path / "worker-x.log").write_bytes(b"\xff\xfe garbage\n\x00\x00\n")
-    r = CliRunner().invoke(main, ["report", str(tmp_path)])
-    assert r.exit_code == 1 and "no log lines about any run" in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit)
-    r = CliRunner().invoke(main, ["report", str(tmp_path / "none")])
-    assert r.exit_code == 1 and "no log folder" in r.output
-    r = CliRunner().invoke(main, ["report", str(tmp_path), "--timeline", "t.jpg"])
-    assert r.exit_code == 2 and ".png or .svg" in r.output
-    r = CliRunner().invoke(main, ["report", str(tmp_path), "--run", "nope"])
-    assert r.exit_code == 1 and "no log lines about run nope" in r.output
+    cases = [
+        ([str(tmp_path)], 1, "no log lines about any run"),
+        ([str(tmp_path / "none")], 1, "no log folder"),
+        ([str(tmp_path), "--timeline", "t.jpg"], 2, ".png or .svg"),
+        ([str(tmp_path), "--run", "nope"], 1, "no log lines about run nope"),
+    ]
+    for args, code, message in cases:
+        r = CliRunner().invoke(main, ["report", *args])
+        # Our exit, with our code: no other exception escaped the command.
+        assert isinstance(r.exception, SystemExit) and r.exit_code == code, (args, r.output)
+        error, hint = r.output.splitlines()
+        assert error.startswith("error: ") and message in error, args
+        assert hint.startswith("  hint: "), args
