@@ -11,8 +11,8 @@ import click
 
 from inspector.status import gather, render
 from utils import broker
-from utils.clikit import broker_options, handle_errors, make_settings
 from utils.errors import ExitCode, NothingToDo, TaskToolError
+from utils.options import broker_options, handle_errors, make_settings
 from utils.settings import Settings, url_host
 
 #: Seconds between refreshes of `tasks status --watch`.

@@ -12,8 +12,8 @@ from inspector import timeline
 from inspector.analysis import RunSummary, summarise_run
 from inspector.render import render_text, report_csv, report_json
 from inspector.runs import LogSet, Run, all_runs, latest_run, read_logs
-from utils.clikit import handle_errors
 from utils.errors import BadInput, ExitCode, NothingToDo
+from utils.options import handle_errors
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
