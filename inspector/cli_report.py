@@ -11,7 +11,7 @@ import click
 from inspector import timeline
 from inspector.analysis import RunSummary, summarise_run
 from inspector.render import render_text, report_csv, report_json
-from inspector.runs import LogSet, Run, all_runs, latest_run, read_logs
+from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
 from utils.errors import BadInput, ExitCode, NothingToDo
 from utils.options import handle_errors
 
@@ -141,7 +141,7 @@ def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last_size = -1
     while True:
-        size = sum(p.stat().st_size for p in log_dir.glob("*.log*") if p.is_file())
+        size = sum(p.stat().st_size for p in log_files(log_dir))
         if size != last_size:  # re-read only when a log grew
             last_size = size
             logs = read_logs(log_dir)

@@ -183,6 +183,13 @@ def test_report_all_shows_every_run_and_latest_alone_exits_0(two_runs):
     assert r.exit_code == 0 and f"run {R1}" not in r.output
 
 
+def test_wait_returns_when_every_task_is_done_and_gives_up_while_one_is_missing(two_runs):
+    r = CliRunner().invoke(main, ["wait", str(two_runs)])
+    assert r.exit_code == 0 and f"run {R2}: all 2 tasks done" in r.output
+    r = CliRunner().invoke(main, ["wait", str(two_runs), "--run", R1, "--timeout", "0"])
+    assert r.exit_code == 1 and "gave up after 0 s" in r.output and "hint:" in r.output
+
+
 def test_json_and_csv_hold_the_same_facts_as_the_text(two_runs):
     r = CliRunner().invoke(main, ["report", str(two_runs), "--all", "--json"])
     doc = json.loads(r.stdout)
