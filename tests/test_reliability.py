@@ -162,8 +162,9 @@ def log_of(r: Run, p: Proc) -> Path:
     return r.logs / f"worker-{p.out.stem}.log"
 
 
-def busy_worker(r: Run, min_dots: int = 0) -> Proc:
-    """A running worker in the middle of a task (of at least min_dots dots) right now."""
+def busy_worker(r: Run, seconds_left: float = 0.0, per_dot: float = 0.0) -> Proc:
+    """A running worker in the middle of a task right now; with per_dot (the workers'
+    --seconds-per-dot), one whose task has at least seconds_left to go."""
 
     def mid_task() -> Proc | None:
         for p in r.workers:
@@ -173,7 +174,8 @@ def busy_worker(r: Run, min_dots: int = 0) -> Proc:
             kinds = [e["event"] for e in evs]
             if kinds.count("started") > kinds.count("done") + kinds.count("failed"):
                 last = [e for e in evs if e["event"] == "started"][-1]
-                if int(last.get("dots", "0")) >= min_dots:
+                ends = parse_ts(last["ts"]).timestamp() + int(last.get("dots", "0")) * per_dot
+                if not per_dot or ends - time.time() >= seconds_left:
                     return p
         return None
 
@@ -200,9 +202,10 @@ def test_2_warm_stop_finishes_its_task_and_cold_stop_gives_it_back(scenario):
     warm = busy_worker(r)
     r.fault(lambda: warm.signal(signal.SIGTERM))
     assert warm.wait() == 0, warm.output()
-    # Ctrl+C twice, as a person does, while the worker is on a long task (1.6 s or more).
-    # The second comes once the first is seen: signals sent back to back can merge into one.
-    cold = busy_worker(r, min_dots=8)
+    # Ctrl+C twice, as a person does, while the worker has a second or more of its task to
+    # go, so that the second comes before the task ends. It comes once the first is seen:
+    # signals sent back to back can merge into one.
+    cold = busy_worker(r, seconds_left=1.0, per_dot=0.2)
     cold.signal(signal.SIGINT)
     wait_for_event(log_of(r, cold), "shutdown_warm")
     cold.signal(signal.SIGINT)
@@ -318,12 +321,12 @@ def test_9_a_queue_deleted_mid_run_is_reported_not_silently_lost(scenario, broke
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
     deleted = conn.channel().queue_delete(queue).method.message_count
     conn.close()
-    r.fault_at = time.time()
     emit.stdin.write("".join(f"Task {n} .\n" for n in range(101, 201)).encode())
     emit.stdin.close()
     code = emit.wait(timeout=120)
     for p in r.workers:
         p.signal(signal.SIGCONT)
+    r.fault_at = time.time()  # recovery counts from when the workers run again
     text = out.read_text()
     ends = [e for e in events(r.logs / "emitter.log") if e["event"] in ("emit_done", "emit_failed")]
     unroutable = int(ends[-1].get("unroutable", "0"))
