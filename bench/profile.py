@@ -25,7 +25,7 @@ from bench.run import BIN, Admin
 RATE = 250  # samples per second
 
 
-def summarise(collapsed: str, top: int = 15) -> str:
+def summarise_profile(collapsed: str, top: int = 15) -> str:
     """Own and total shares per function from py-spy's collapsed ('raw') output."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
@@ -101,7 +101,7 @@ def main() -> None:
         admin.delete(queue)
         admin.close()
         print(f"{a.command} on {rows:,} rows ({a.queue_type} queue)")
-        print(summarise(out.read_text(), a.top))
+        print(summarise_profile(out.read_text(), a.top))
 
 
 if __name__ == "__main__":

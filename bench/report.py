@@ -354,11 +354,11 @@ def fair_section(r: dict[str, Any]) -> list[str]:
         "",
         f"{fair['workers']} workers on `{fair['tasks']}` (20 tasks of 1 to 10 dots) at "
         f"{fair['seconds_per_dot']} s per dot. The makespan is read from the logs with "
-        "`utils/report.py` (first `started` to last `done`); the schedules are computed by "
-        "`utils/schedule.py` from each task's measured duration in the same run: greedy (the "
-        "best online fair dispatch can do for that order), LPT (greedy on the longest-first "
-        "order), the round robin that no prefetch limit gives, and the lower bound "
-        "max(sum / workers, longest).",
+        "`inspector/analysis.py` (first `started` to last `done`); the schedules are "
+        "computed by `inspector/schedule.py` from each task's measured duration in the same "
+        "run: greedy (the best online fair dispatch can do for that order), LPT (greedy on the "
+        "longest-first order), the round robin that no prefetch limit gives, and the lower "
+        "bound max(sum / workers, longest).",
         "",
     ]
     rows = []

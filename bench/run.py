@@ -30,9 +30,10 @@ from typing import Any
 import pika
 
 from bench.stats import rate, ratios, spread
+from inspector.analysis import summarise_run
+from inspector.runs import latest_run, read_logs
+from inspector.schedule import round_robin
 from utils.logformat import parse_ts
-from utils.report import latest_run, read_logs, summarise
-from utils.schedule import round_robin
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -495,13 +496,13 @@ class Bench:
         self.admin.delete(q)
         run = latest_run(read_logs(logs))
         assert run is not None
-        s = summarise(run)
+        s = summarise_run(run)
         durations = [t.done[0].seconds or 0.0 for t in s.tasks if t.done]
         return {
-            "makespan": s.makespan,
-            "greedy": s.greedy,
-            "lpt": s.lpt,
-            "lower_bound": s.lower_bound,
+            "makespan": s.figures.makespan,
+            "greedy": s.figures.greedy,
+            "lpt": s.figures.lpt,
+            "lower_bound": s.figures.lower_bound,
             "round_robin": round_robin(durations, p.fair_workers),
         }
 

@@ -56,7 +56,7 @@ def cluster_urls(first_port: int, nodes: int) -> str:
     return ",".join(node_url(first_port + i) for i in range(nodes))
 
 
-def summarise(runs: dict[str, dict[int, list[dict[str, float]]]]) -> dict[str, Any]:
+def summarise_scaling(runs: dict[str, dict[int, list[dict[str, float]]]]) -> dict[str, Any]:
     """Medians and ranges per setup and worker count, with ratios to one worker on the same
     setup and, for the cluster, to the single node, repetition by repetition."""
     out: dict[str, Any] = {}
@@ -185,7 +185,7 @@ def main() -> None:
                         f"rep {rep + 1} {s.name} {w} worker(s): {r['rate']:,.0f}/s "
                         f"(broker CPU {r['broker_cpu']:.2f}, workers {r['workers_cpu']:.2f})"
                     )
-    summary = summarise(runs)
+    summary = summarise_scaling(runs)
     doc = {
         "date": started.isoformat(timespec="seconds"),
         "command": "python -m bench.scaling",

@@ -12,9 +12,9 @@ import click
 from emitter.emit import EmitOptions, EmitReport, emit_rows, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
-from utils.cli_common import broker_options, handle_errors, make_settings
 from utils.errors import BadInput, ExitCode
 from utils.logformat import EventLog, shorten
+from utils.options import broker_options, handle_errors, make_settings
 from utils.settings import mask_url, url_vhost
 
 PREVIEW_ROWS = 5

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.scaling import BEGIN, END, cluster_urls, replace_between, summarise, table
+from bench.scaling import BEGIN, END, cluster_urls, replace_between, summarise_scaling, table
 
 
 def run(rate: float) -> dict[str, float]:
@@ -22,7 +22,7 @@ def test_summary_compares_with_one_worker_and_the_single_node_repetition_by_repe
         "single": {1: [run(100), run(200)], 2: [run(150), run(300)]},
         "cluster": {1: [run(50), run(100)], 2: [run(75), run(300)]},
     }
-    s = summarise(runs)
+    s = summarise_scaling(runs)
     assert s["single"]["2"]["vs_one_worker"]["values"] == [1.5, 1.5]
     assert "vs_single" not in s["single"]["1"]
     assert s["cluster"]["1"]["vs_single"]["values"] == [0.5, 0.5]
@@ -32,7 +32,7 @@ def test_summary_compares_with_one_worker_and_the_single_node_repetition_by_repe
 
 def test_table_has_a_row_per_setup_and_count_in_worker_order():
     runs = {"single": {w: [run(100.0 * w)] for w in (8, 1, 2)}}
-    lines = table(summarise(runs)).splitlines()
+    lines = table(summarise_scaling(runs)).splitlines()
     assert [line.split(" | ")[1] for line in lines[2:]] == ["1", "2", "8"]
     assert lines[-1].startswith("| 1 node | 8 | 800/s (800-800) | 8.00x")
 

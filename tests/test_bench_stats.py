@@ -52,14 +52,14 @@ def test_verdict_knows_targets_from_above_and_from_below():
 
 
 def test_profile_summary_counts_own_and_total_time_per_function():
-    from bench.profile import summarise
+    from bench.profile import summarise_profile
 
     raw = (
         "main (emit.py:1);publish (publisher.py:9);encode (pika/spec.py:5) 30\n"
         "main (emit.py:1);publish (publisher.py:9) 10\n"
         "main (emit.py:1);read (source.py:3) 60\n"
     )
-    text = summarise(raw)
+    text = summarise_profile(raw)
     assert text.startswith("100 samples")
     own = text.split("own time:")[1].split("total time")[0]
     assert own.splitlines()[1].split() == ["60.0%", "read", "(source.py)"]

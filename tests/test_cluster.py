@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from inspector.analysis import summarise_run
+from inspector.runs import latest_run, read_logs
 from tests.helpers import ROOT, broker_script, events, spawn, wait_for, wait_for_event
-from utils.report import latest_run, read_logs, summarise
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +134,7 @@ def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, lo
         w.signal(15)
     for w in workers:
         assert w.wait() == 0, w.output()
-    summary = summarise(latest_run(read_logs(logs)))
+    summary = summarise_run(latest_run(read_logs(logs)))
     assert summary.audit.missing == []
     assert len(summary.audit.once) + len(summary.audit.duplicates) == 2000
     # Anyone who was on the lost node moved to a survivor, and said so.

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from utils import timeline
-from utils.cli import main
+from inspector import timeline
+from inspector.analysis import summarise_run
+from inspector.cli import main
+from inspector.runs import all_runs, latest_run, read_logs
+from inspector.timeline import text_timeline
 from utils.logformat import format_event
-from utils.report import all_runs, latest_run, read_logs, summarise, text_timeline
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 R1, R2 = "20260101T120000-aaaa", "20260101T130000-bbbb"
@@ -107,12 +109,12 @@ def test_two_runs_in_one_folder_are_told_apart_and_the_latest_is_the_default(two
     assert [r.run_id for r in all_runs(logs)] == [R1, R2]
     latest = latest_run(logs)
     assert latest is not None and latest.run_id == R2
-    s = summarise(latest)
+    s = summarise_run(latest)
     assert s.audit.once == [1, 2] and s.audit.missing == [] and s.audit.duplicates == []
 
 
 def test_audit_names_the_duplicate_the_redelivery_the_dead_letter_and_the_missing_row(two_runs):
-    s = summarise(read_logs(two_runs).runs[R1])
+    s = summarise_run(read_logs(two_runs).runs[R1])
     au = s.audit
     assert au.emitted == 5
     assert au.once == [1, 3]
@@ -137,7 +139,7 @@ def test_rotated_files_are_read_with_the_current_one(two_runs):
 
 
 def test_worker_stats_give_busy_seconds_utilisation_and_first_and_last_times(two_runs):
-    s = summarise(read_logs(two_runs).runs[R1])
+    s = summarise_run(read_logs(two_runs).runs[R1])
     assert s.figures.makespan == 5.0
     a, b = s.workers
     assert (a.name, a.tasks, a.busy) == ("a", 2, 3.5)  # rows 1 and 2 done; 4 failed after 0.5
@@ -158,10 +160,10 @@ def test_figures_compare_the_run_with_greedy_lpt_round_robin_and_the_lower_bound
         for row, start, secs in jobs:
             lines += [started(start, w, R1, row), done(start + secs, w, R1, row, secs)]
         write(d / f"worker-{w}.log", lines)
-    f = summarise(read_logs(d).runs[R1]).figures
+    f = summarise_run(read_logs(d).runs[R1]).figures
     assert (f.makespan, f.greedy, f.lower_bound, f.lpt, f.round_robin) == (5, 5, 4, 4, 6)
     assert f.ratio(f.greedy) == 1.0 and f.ratio(f.round_robin) == pytest.approx(5 / 6)
-    assert "within 0% of the greedy schedule" in summarise(read_logs(d).runs[R1]).verdict
+    assert "within 0% of the greedy schedule" in summarise_run(read_logs(d).runs[R1]).verdict
 
 
 def test_report_exits_1_and_lists_what_is_missing(two_runs):
@@ -179,6 +181,13 @@ def test_report_all_shows_every_run_and_latest_alone_exits_0(two_runs):
     assert r.exit_code == 1 and f"run {R1}" in r.output and f"run {R2}" in r.output
     r = CliRunner().invoke(main, ["report", str(two_runs)])
     assert r.exit_code == 0 and f"run {R1}" not in r.output
+
+
+def test_wait_returns_when_every_task_is_done_and_gives_up_while_one_is_missing(two_runs):
+    r = CliRunner().invoke(main, ["wait", str(two_runs)])
+    assert r.exit_code == 0 and f"run {R2}: all 2 tasks done" in r.output
+    r = CliRunner().invoke(main, ["wait", str(two_runs), "--run", R1, "--timeout", "0"])
+    assert r.exit_code == 1 and "gave up after 0 s" in r.output and "hint:" in r.output
 
 
 def test_json_and_csv_hold_the_same_facts_as_the_text(two_runs):
@@ -205,7 +214,7 @@ def test_json_and_csv_hold_the_same_facts_as_the_text(two_runs):
 
 
 def test_text_timeline_has_one_line_per_worker_and_marks_the_lower_bound(two_runs):
-    s = summarise(read_logs(two_runs).runs[R1])
+    s = summarise_run(read_logs(two_runs).runs[R1])
     lines = text_timeline(s, width=50).splitlines()
     assert lines[0].startswith("a ") and "|1" in lines[0] and "|3x" in lines[0]
     assert lines[1].startswith("b ") and "|2" in lines[1]
@@ -213,7 +222,7 @@ def test_text_timeline_has_one_line_per_worker_and_marks_the_lower_bound(two_run
 
 
 def test_timeline_figure_has_one_bar_per_delivery_and_a_lower_bound_line(two_runs, tmp_path):
-    s = summarise(read_logs(two_runs).runs[R1])
+    s = summarise_run(read_logs(two_runs).runs[R1])
     fig = timeline.save(s, tmp_path / "t.svg")
     assert timeline.bar_count(fig) == 6
     ax = fig.axes[0]
@@ -224,12 +233,16 @@ def test_timeline_figure_has_one_bar_per_delivery_and_a_lower_bound_line(two_run
 
 def test_unreadable_folders_and_bad_options_give_a_clear_error_not_a_traceback(tmp_path):
     (tmp_path / "worker-x.log").write_bytes(b"\xff\xfe garbage\n\x00\x00\n")
-    r = CliRunner().invoke(main, ["report", str(tmp_path)])
-    assert r.exit_code == 1 and "no log lines about any run" in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit)
-    r = CliRunner().invoke(main, ["report", str(tmp_path / "none")])
-    assert r.exit_code == 1 and "no log folder" in r.output
-    r = CliRunner().invoke(main, ["report", str(tmp_path), "--timeline", "t.jpg"])
-    assert r.exit_code == 2 and ".png or .svg" in r.output
-    r = CliRunner().invoke(main, ["report", str(tmp_path), "--run", "nope"])
-    assert r.exit_code == 1 and "no log lines about run nope" in r.output
+    cases = [
+        ([str(tmp_path)], 1, "no log lines about any run"),
+        ([str(tmp_path / "none")], 1, "no log folder"),
+        ([str(tmp_path), "--timeline", "t.jpg"], 2, ".png or .svg"),
+        ([str(tmp_path), "--run", "nope"], 1, "no log lines about run nope"),
+    ]
+    for args, code, message in cases:
+        r = CliRunner().invoke(main, ["report", *args])
+        # Our exit, with our code: no other exception escaped the command.
+        assert isinstance(r.exception, SystemExit) and r.exit_code == code, (args, r.output)
+        error, hint = r.output.splitlines()
+        assert error.startswith("error: ") and message in error, args
+        assert hint.startswith("  hint: "), args

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from inspector import timeline
+from inspector.analysis import summarise_run
+from inspector.runs import latest_run, read_logs
 from tests.helpers import Proc, events, run, spawn, stop_when_done, wait_for_event
-from utils import timeline
-from utils.report import latest_run, read_logs, summarise
 
 
 def worker(env: dict[str, str], tmp_path: Path, name: str, spd: str, *extra: str) -> Proc:
@@ -54,7 +55,7 @@ def test_report_of_a_real_run_matches_the_worker_logs_and_its_json(env, logs, tm
 
     # The picture: a real PNG, and one bar per task in the figure it was drawn from.
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    fig = timeline.figure(summarise(latest_run(read_logs(logs))))
+    fig = timeline.figure(summarise_run(latest_run(read_logs(logs))))
     assert timeline.bar_count(fig) == 20
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["w1", "w2", "w3"]
 

@@ -7,9 +7,9 @@ import io
 import pytest
 
 from emitter.source import CsvOptions, ReadStats, iter_rows
+from inspector.schedule import greedy, lower_bound, lpt, round_robin
 from utils.errors import BadInput
 from utils.logformat import format_event, parse_line
-from utils.schedule import greedy, lower_bound, lpt, round_robin
 from utils.settings import check_url, mask_url, split_urls
 
 

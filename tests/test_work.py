@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pika
 
+from inspector.analysis import summarise_run, worker_rows
+from inspector.runs import latest_run, read_logs
+from inspector.schedule import greedy
 from tests.helpers import (
     ROOT,
     events,
@@ -17,8 +20,6 @@ from tests.helpers import (
     stop_when_done,
     wait_for_event,
 )
-from utils.report import latest_run, read_logs, summarise, worker_rows
-from utils.schedule import greedy
 
 
 def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):
@@ -35,7 +36,7 @@ def test_three_workers_share_the_tasks_and_each_is_done_exactly_once(env, logs, 
     procs = start_workers(env, logs, tmp_path, 3, "--seconds-per-dot", "0.01")
     assert run("emit", "tasks.csv", env=env).returncode == 0
     stop_when_done(procs, logs, 20)
-    summary = summarise(latest_run(read_logs(logs)))
+    summary = summarise_run(latest_run(read_logs(logs)))
     assert summary.audit.missing == [] and summary.audit.duplicates == []
     assert sorted(summary.audit.once) == list(range(1, 21))
     per_worker = worker_rows(summary)
@@ -69,7 +70,9 @@ def test_who_got_what_matches_the_greedy_schedule_of_fair_dispatch(env, logs, tm
     args = [a for b in bodies for a in ("--message", b)]
     assert run("emit", *args, env=env).returncode == 0
     stop_when_done(procs, logs, len(dots))
-    got = {frozenset(rows) for rows in worker_rows(summarise(latest_run(read_logs(logs)))).values()}
+    got = {
+        frozenset(rows) for rows in worker_rows(summarise_run(latest_run(read_logs(logs)))).values()
+    }
     assert got == expected
 
 
@@ -122,7 +125,7 @@ def test_a_worker_killed_mid_task_has_its_task_redelivered_and_done(
     assert b.wait() == 0, b.output()
     started = wait_for_event(logs / "worker-b.log", "started")
     assert started[0]["redelivered"] == "true" and started[0]["body"] == "doomed ..."
-    summary = summarise(latest_run(read_logs(logs)))
+    summary = summarise_run(latest_run(read_logs(logs)))
     assert summary.audit.missing == []
     assert queue_counts(broker_url, queue) == (0, 0)
 

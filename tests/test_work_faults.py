@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from inspector.analysis import summarise_run
+from inspector.runs import latest_run, read_logs
 from tests.helpers import events, queue_counts, run, spawn, wait_for, wait_for_event
-from utils.report import latest_run, read_logs, summarise
 
 
 def names(log: Path) -> list[str]:
@@ -49,7 +50,7 @@ def test_broker_restart_mid_run_three_workers_reconnect_and_every_task_is_done(
         for ev in (names(logs / f"worker-w{i}.log") for i in (1, 2, 3))
     ]
     assert sum(after) > 0
-    audit = summarise(latest_run(read_logs(logs))).audit
+    audit = summarise_run(latest_run(read_logs(logs))).audit
     assert audit.missing == [] and audit.dead == []
     assert sorted(audit.once + [d.row for d in audit.duplicates]) == list(range(1, 21))
     assert queue_counts(node.url, env["TASK_QUEUE"]) == (0, 0)
@@ -85,7 +86,7 @@ def test_connection_closed_by_the_broker_mid_task_is_said_plainly_and_the_task_g
         "false",
         "true",
     ]
-    audit = summarise(latest_run(read_logs(logs))).audit
+    audit = summarise_run(latest_run(read_logs(logs))).audit
     assert audit.missing == [] and [d.row for d in audit.duplicates] == [1]
     assert queue_counts(node.url, env["TASK_QUEUE"]) == (0, 0)
 
@@ -128,5 +129,5 @@ def test_double_sigint_is_a_cold_stop_and_another_worker_does_the_redelivered_ta
     started = [e for e in events(logs / "worker-b.log") if e["event"] == "started"]
     assert len(started) == 1 and started[0]["redelivered"] == "true"
     assert names(logs / "worker-b.log").count("done") == 1
-    audit = summarise(latest_run(read_logs(logs))).audit
+    audit = summarise_run(latest_run(read_logs(logs))).audit
     assert audit.missing == [] and audit.once == [1]

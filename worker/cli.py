@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from utils.cli_common import broker_options, handle_errors, make_settings
 from utils.errors import ExitCode, TaskToolError
 from utils.logformat import EventLog
+from utils.options import broker_options, handle_errors, make_settings
 from worker.consumer import Worker, WorkerOptions
 from worker.handlers import DotSleep, Handler, RunCommand
 

@@ -8,21 +8,12 @@ from pathlib import Path
 
 import click
 
-from utils.cli_common import handle_errors
+from inspector import timeline
+from inspector.analysis import RunSummary, summarise_run
+from inspector.render import render_text, report_csv, report_json
+from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
 from utils.errors import BadInput, ExitCode, NothingToDo
-from utils.report import (
-    LogSet,
-    Run,
-    Summary,
-    all_runs,
-    latest_run,
-    read_logs,
-    render_text,
-    report_csv,
-    report_json,
-    summarise,
-    text_timeline,
-)
+from utils.options import handle_errors
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
@@ -63,6 +54,7 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
 @click.option("--csv", "as_csv", is_flag=True, help="Print one CSV line per task delivery.")
 @click.option(
     "--timeline",
+    "timeline_to",
     metavar="FILE.png|FILE.svg|-",
     help="Draw a Gantt chart of the run to FILE; '-' prints a text timeline instead.",
 )
@@ -73,7 +65,7 @@ def report(
     every: bool,
     as_json: bool,
     as_csv: bool,
-    timeline: str | None,
+    timeline_to: str | None,
 ) -> None:
     """Which worker did which task of a run, and whether any task was lost or run twice.
 
@@ -83,14 +75,18 @@ def report(
     """
     if as_json and as_csv:
         raise BadInput("--json and --csv cannot be combined", "pick one")
-    if timeline and timeline != "-" and Path(timeline).suffix.lower() not in (".png", ".svg"):
+    if (
+        timeline_to
+        and timeline_to != "-"
+        and Path(timeline_to).suffix.lower() not in (".png", ".svg")
+    ):
         raise BadInput(
-            f"--timeline {timeline}: the picture must be a .png or .svg file",
+            f"--timeline {timeline_to}: the picture must be a .png or .svg file",
             "or use --timeline - for a text timeline",
         )
     logs = read_logs(log_dir)
     runs = _pick_runs(logs, log_dir, run_id, every)
-    pairs = [(r, summarise(r)) for r in runs]
+    pairs = [(r, summarise_run(r)) for r in runs]
     if as_json:
         click.echo(json.dumps(report_json(log_dir, pairs, logs.skipped), indent=2))
     elif as_csv:
@@ -100,20 +96,18 @@ def report(
             if i:
                 click.echo("\n" + "-" * 72 + "\n")
             click.echo(render_text(r, s))
-            if timeline == "-":
-                click.echo("\n" + text_timeline(s))
-    if timeline and timeline != "-":
-        _draw(pairs[-1][1], Path(timeline), quiet=as_json or as_csv)
-    elif timeline == "-" and (as_json or as_csv):
-        click.echo(text_timeline(pairs[-1][1]), err=True)
+            if timeline_to == "-":
+                click.echo("\n" + timeline.text_timeline(s))
+    if timeline_to and timeline_to != "-":
+        _draw(pairs[-1][1], Path(timeline_to), quiet=as_json or as_csv)
+    elif timeline_to == "-" and (as_json or as_csv):
+        click.echo(timeline.text_timeline(pairs[-1][1]), err=True)
     _name_skipped(logs)
     if any(s.audit.missing for _r, s in pairs):
         raise SystemExit(int(ExitCode.NOTHING_DONE))
 
 
-def _draw(s: Summary, path: Path, quiet: bool) -> None:
-    from utils import timeline
-
+def _draw(s: RunSummary, path: Path, quiet: bool) -> None:
     try:
         timeline.save(s, path)
     except OSError as exc:
@@ -147,13 +141,13 @@ def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last_size = -1
     while True:
-        size = sum(p.stat().st_size for p in log_dir.glob("*.log*") if p.is_file())
+        size = sum(p.stat().st_size for p in log_files(log_dir))
         if size != last_size:  # re-read only when a log grew
             last_size = size
             logs = read_logs(log_dir)
             run = logs.runs.get(run_id) if run_id else latest_run(logs)
             if run is not None and run.emitted.get("emit_done"):
-                audit = summarise(run).audit
+                audit = summarise_run(run).audit
                 if not audit.missing:
                     click.echo(f"run {run.run_id}: all {audit.emitted} tasks done")
                     return

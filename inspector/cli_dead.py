@@ -8,9 +8,9 @@ from typing import Any
 import click
 
 from utils import broker
-from utils.cli_common import broker_options, handle_errors, make_settings
 from utils.errors import ConnectionLost
 from utils.logformat import shorten
+from utils.options import broker_options, handle_errors, make_settings
 from utils.task import ATTEMPT_HEADERS, H_REASON, copy_properties, delivery_ids
 
 

@@ -1,15 +1,17 @@
-"""The Gantt chart of a run: one lane per worker, one bar per task attempt.
+"""The timeline of a run: one lane per worker, one bar per task attempt, as text or a picture.
 
-matplotlib is imported here only, and only when a picture is asked for, so that `emit`
-and `work` start without paying for it.
+matplotlib is imported here only, and only when a picture is asked for, so that the
+commands start without paying for it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from utils.report import Summary, drawn_end
+from inspector.analysis import RunSummary
+from inspector.runs import Attempt
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -19,7 +21,47 @@ BAR_GID = "task-bar"
 COLOURS = {"done": "#4c8bd6", "failed": "#d9534f", "requeued": "#999999", "unfinished": "#f0ad4e"}
 
 
-def figure(s: Summary, title: str = "") -> Figure:
+def drawn_end(s: RunSummary, a: Attempt) -> datetime:
+    """Where an attempt's bar ends: its end, or for one that never finished (a killed
+    worker), the worker's next start or the end of the run."""
+    if a.end is not None:
+        return a.end
+    later = [
+        b.start for t in s.tasks for b in t.attempts if b.worker == a.worker and b.start > a.start
+    ]
+    if later:
+        return min(later)
+    assert s.start is not None
+    return max(a.start, s.start + timedelta(seconds=s.figures.makespan))
+
+
+def text_timeline(s: RunSummary, width: int = 60) -> str:
+    """One line per worker: each attempt as a bar starting with its row, and the lower bound."""
+    if s.start is None or not s.figures.makespan:
+        return "(no finished tasks to draw)"
+    scale = width / s.figures.makespan
+    name_w = max(len(w.name) for w in s.workers) if s.workers else 6
+    lanes: dict[str, list[str]] = {w.name: [" "] * (width + 1) for w in s.workers}
+    for t in s.tasks:
+        for a in t.attempts:
+            end_s = (drawn_end(s, a) - s.start).total_seconds()
+            fill = "=" if a.outcome == "done" else "x"  # x: failed, given back or cut off
+            lo = min(width, int((a.start - s.start).total_seconds() * scale))
+            hi = min(width + 1, max(lo + 1, int(end_s * scale)))
+            label = ("|" + (str(t.row) if t.row is not None else "?"))[: hi - lo]
+            cells = list(label.ljust(hi - lo, fill))
+            lanes[a.worker][lo:hi] = cells
+    lines = [f"{name:<{name_w}} {''.join(c).rstrip()}" for name, c in lanes.items()]
+    lb = min(width, int(s.figures.lower_bound * scale))
+    lines.append(f"{'':<{name_w}} {' ' * lb}^ lower bound {s.figures.lower_bound:.2f} s")
+    lines.append(
+        f"{'':<{name_w}} 0 s {'-' * max(0, width - 12)} {s.figures.makespan:.2f} s "
+        "(|N = row N starts; x = not finished)"
+    )
+    return "\n".join(lines)
+
+
+def figure(s: RunSummary, title: str = "") -> Figure:
     """A matplotlib Figure of the run (not drawn on any screen; the Agg backend)."""
     import matplotlib
 
@@ -78,7 +120,7 @@ def figure(s: Summary, title: str = "") -> Figure:
     return fig
 
 
-def save(s: Summary, path: Path) -> Figure:
+def save(s: RunSummary, path: Path) -> Figure:
     """Draw the run to path (.png or .svg) and return the figure."""
     fig = figure(s)
     fig.savefig(path, dpi=120)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
+from inspector.status import gather, render
 from utils import broker
-from utils.cli_common import broker_options, handle_errors, make_settings
 from utils.errors import ExitCode, NothingToDo, TaskToolError
+from utils.options import broker_options, handle_errors, make_settings
 from utils.settings import Settings, url_host
-from utils.status import gather, render
 
 #: Seconds between refreshes of `tasks status --watch`.
 WATCH_EVERY = 1.0

@@ -1,15 +1,15 @@
 """The `tasks` command: observe the queue and the logs.
 
-Each subcommand lives in a module of its own (utils/cli_*.py); this one gathers them.
+Each subcommand lives in a module of its own (inspector/cli_*.py); this one gathers them.
 """
 
 from __future__ import annotations
 
 import click
 
-from utils.cli_dead import dead
-from utils.cli_queue import purge, status
-from utils.cli_report import report, wait
+from inspector.cli_dead import dead
+from inspector.cli_queue import purge, status
+from inspector.cli_report import report, wait
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
