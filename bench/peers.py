@@ -102,7 +102,8 @@ DRAMATIQ_SETTINGS = (
 CELERY_SETTINGS = (
     "`celery -A bench.peer_celery worker -P prefork -c 1 -Q QUEUE` (prefork is Celery's "
     "default pool): `task_acks_late=True`, `worker_prefetch_multiplier=1` (so the prefetch "
-    "is 1 x 1 = 1), no result backend (`task_ignore_result=True`), `task_default_queue_type`"
+    "is 1 x 1 = 1: channel-wide, as global QoS, on a classic queue; per consumer on a quorum "
+    "queue), no result backend (`task_ignore_result=True`), `task_default_queue_type`"
     " set to the queue type (Celery >= 5.5). On a quorum queue, as Celery's docs say, a "
     "topic exchange (`task_default_exchange_type`); the worker turns global QoS off by "
     "itself (`worker_detect_quorum_queues`), and its native delayed delivery declares 28 "
