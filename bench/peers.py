@@ -420,8 +420,8 @@ def standing(section: dict[str, Any]) -> list[str]:
         if not peers:
             continue
         median = {labels.get(k, k): e["vs_ours"]["median"] for k, e in peers.items()}
-        behind = [f"{name} ({x:.2f}x)" for name, x in median.items() if x < 1]
-        ahead = [f"{name} ({x:.2f}x)" for name, x in median.items() if x >= 1]
+        behind = [f"{name} at {x:.2f}x" for name, x in median.items() if x < 1]
+        ahead = [f"{name} at {x:.2f}x" for name, x in median.items() if x >= 1]
         text = f"On a {kind} queue, "
         if behind:
             text += "ours was ahead of " + ", ".join(behind)

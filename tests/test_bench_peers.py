@@ -54,8 +54,8 @@ def test_each_repetition_shows_both_rates_and_the_peers_ratio_to_ours():
 
 def test_the_standing_names_who_was_ahead_of_whom():
     page = "\n".join(peers_section({"peers": _section()}))
-    assert "On a classic queue, ours was ahead of Dramatiq (0.62x)" in page
-    assert "ahead of ours: Celery (prefork pool) (1.10x)" in page
+    assert "On a classic queue, ours was ahead of Dramatiq at 0.62x" in page
+    assert "ahead of ours: Celery (prefork pool) at 1.10x" in page
 
 
 def test_a_peer_that_could_not_run_gets_a_row_and_the_reason_below():
