@@ -37,8 +37,20 @@ broker-status:
 demo: $(STAMP) broker-up
 	@scripts/demo
 
+# Dramatiq and Celery, for the bench's peers section: the optional `bench` extra. A failed
+# install leaves no stamp (so the next run tries again), and the peers section says what is
+# missing while the rest of the bench goes on.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	@echo "bench: installing the bench extra (Dramatiq, Celery) into $(VENV)..."
+	@if $(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,bench]"; then \
+	  touch $@; \
+	else \
+	  echo "bench: could not install the bench extra; the peers section will say so" >&2; \
+	fi
+
 # The local broker unless AMQP_URL names one; results in bench/results/latest.json.
-bench: $(STAMP)
+bench: $(STAMP) $(BENCH_STAMP)
 	@if [ -z "$${AMQP_URL:-}" ]; then scripts/broker start; fi
 	@$(BIN)/python -m bench.run
 	@$(BIN)/python -m bench.report

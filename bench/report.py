@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.peers import peers_section
 from bench.stats import fmt_num, fmt_ratio, fmt_spread, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -462,6 +463,7 @@ def render(r: dict[str, Any], notes: str = "") -> str:
         *fair_section(r),
         *memory_section(r),
         *scaling_section(r),
+        *peers_section(r),
         "## Reproduce",
         "",
         "```",

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -600,6 +600,12 @@ class Bench:
         }
         self.results["memory"] = out
 
+    # -- 6. peers: Dramatiq and Celery beside our worker (bench/peers.py) ------------------------
+    def bench_peers(self) -> None:
+        from bench.peers import bench_peers
+
+        bench_peers(self)
+
 
 def watch_done(log: Path, target: int, proc: subprocess.Popen[bytes], stall: float = 60) -> int:
     """Follow a worker's log until it has logged `target` done events; how many it had.
@@ -669,13 +675,16 @@ def main() -> None:
     """Run every section, print progress, write bench/results/latest.json."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
-    ap.add_argument("--only", nargs="*", default=None, help="sections: emit work fair memory")
+    ap.add_argument("--only", nargs="*", default=None, help="sections: emit work fair memory peers")
+    ap.add_argument("--work-tasks", type=int, help="tasks per work and peers run (Plan's if unset)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     plan = QUICK if a.quick else Plan()
+    if a.work_tasks:
+        plan = replace(plan, work_tasks=a.work_tasks)
     port = os.environ.get("BROKER_PORT", "5672")
     url = os.environ.get("AMQP_URL") or f"amqp://guest:guest@localhost:{port}/%2F"
-    sections = a.only or ["emit", "work", "fair", "memory"]
+    sections = a.only or ["emit", "work", "fair", "memory", "peers"]
     say(f"bench: {', '.join(sections)} against {re.sub(r':[^:@/]*@', ':***@', url)}")
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
