@@ -2,6 +2,8 @@
 
 The session starts the project's own RabbitMQ node on TEST_BROKER_PORT (5673) with
 scripts/broker, unless AMQP_URL names one. A broker that cannot start fails the run.
+With BROKER_RABBITMQ=4 (make test-rabbitmq4) every node scripts/broker starts, the session's
+and the tests' own, is RabbitMQ 4; the `broker_version` fixture says what the broker is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.helpers import BIN, ROOT, SPAWNED, broker_script
+from tests.helpers import BIN, ROOT, SPAWNED, broker_script, rabbitmq_version
 
 TEST_PORT = int(os.environ.get("TEST_BROKER_PORT", "5673"))
 
@@ -46,6 +48,12 @@ def broker_url() -> Iterator[str]:
     yield f"amqp://guest:guest@localhost:{TEST_PORT}/%2F"
     if not was_up and not os.environ.get("KEEP_BROKER"):
         _broker(TEST_PORT, "stop")
+
+
+@pytest.fixture(scope="session")
+def broker_version(broker_url: str) -> tuple[int, ...]:
+    """The session broker's version, e.g. (4, 0, 5): for checks that hold on one version only."""
+    return rabbitmq_version(broker_url)
 
 
 @pytest.fixture
@@ -121,9 +129,8 @@ class Node:
 
     def wipe(self) -> None:
         """Forget the node's data, so the next start is a fresh node."""
-        import shutil
-
-        shutil.rmtree(ROOT / ".broker" / str(self.port), ignore_errors=True)
+        r = self._run("wipe")
+        assert r.returncode == 0, r.stdout + r.stderr
 
 
 #: Own nodes take ports from here up (TEST_NODE_PORT, default 5690).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,24 @@ def broker_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
     )
+
+
+def rabbitmq_version(url: str) -> tuple[int, ...]:
+    """The broker's version, e.g. (4, 0, 5), as it tells every AMQP client when it connects."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        # BlockingConnection does not pass the server properties on; the connection it wraps
+        # keeps them from Connection.Start.
+        raw = conn._impl.server_properties["version"]
+    finally:
+        conn.close()
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
+
+
+#: The RabbitMQ version the suite runs on: 3 (Debian 12's 3.10, the default) or 4 (make
+#: test-rabbitmq4 sets BROKER_RABBITMQ=4); scripts/broker starts every node of ours on it.
+RABBITMQ = int(os.environ.get("BROKER_RABBITMQ") or "3")
 
 
 def run(

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import subprocess
+from pathlib import Path
+
 import pika
 
-from tests.helpers import drain
+from tests.helpers import RABBITMQ, drain, rabbitmq_version
 
 
 def test_persistent_tasks_survive_a_restart_of_our_node(make_node, tmp_path):
@@ -18,3 +24,37 @@ def test_persistent_tasks_survive_a_restart_of_our_node(make_node, tmp_path):
     node.stop()
     node.start()
     assert [body for _, _, body in drain(node.url, "survivor")] == [b"still here."]
+
+
+def _pids_in_mount_namespace(ns: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(proc / "ns" / "mnt") == ns:
+                    found.append(int(proc.name))
+    return found
+
+
+def test_our_node_runs_the_chosen_rabbitmq_and_stop_leaves_no_process_or_mount(make_node):
+    node = make_node()
+    assert rabbitmq_version(node.url)[0] == RABBITMQ  # 4.x under BROKER_RABBITMQ=4, else 3.x
+    pid = int(re.findall(r"\(pid (\d+)\)", node._run("status").stdout)[0])
+    ns = os.readlink(f"/proc/{pid}/ns/mnt")
+    if RABBITMQ == 4:
+        # It runs chrooted into the Debian 13 root, in a mount namespace of its own.
+        root = os.readlink(f"/proc/{pid}/root")
+        assert root != "/" and ns != os.readlink("/proc/self/ns/mnt")
+    node.stop()
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    assert state.stdout.strip()[:1] in ("", "Z"), state.stdout  # gone, or a zombie nobody reaps
+    if RABBITMQ == 4:
+        assert [p for p in _pids_in_mount_namespace(ns) if not _zombie(p)] == []
+        assert root not in Path("/proc/self/mounts").read_text()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True  # gone
