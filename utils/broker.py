@@ -465,40 +465,50 @@ class Channel:
         self.connection = connection
         self._channel = channel
 
+    def _lost(self, exc: BaseException | None = None) -> ConnectionLost:
+        """ConnectionLost for this channel, with the broker's reason when the broker closed it."""
+        if exc is None or isinstance(exc, px.ChannelWrongStateError):
+            # pika raises "Channel is closed." and keeps the broker's Channel.Close (its
+            # code and text, such as a consumer_timeout) only on a private attribute.
+            reason = getattr(self._channel, "_closing_reason", None)
+            if isinstance(reason, px.ChannelClosedByBroker):
+                return _lost(reason)
+        return _lost(exc) if exc is not None else ConnectionLost("the channel was closed")
+
     def ack(self, tag: int) -> None:
         """Acknowledge one delivery: the broker forgets the message."""
         try:
             self._channel.basic_ack(tag)
         except _LOST_ERRORS as exc:
-            raise _lost(exc) from None
+            raise self._lost(exc) from None
 
     def nack(self, tag: int) -> None:
         """Give one delivery back to its queue (a quorum queue counts it as a delivery)."""
         try:
             self._channel.basic_nack(tag, requeue=True)
         except _LOST_ERRORS as exc:
-            raise _lost(exc) from None
+            raise self._lost(exc) from None
 
     def reject(self, tag: int) -> None:
         """Give one delivery back to its queue, unfinished."""
         try:
             self._channel.basic_reject(tag, requeue=True)
         except _LOST_ERRORS as exc:
-            raise _lost(exc) from None
+            raise self._lost(exc) from None
 
     def give_back_all(self) -> None:
         """Give every delivery this channel holds unacked back to its queue."""
         try:
             self._channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
         except _LOST_ERRORS as exc:
-            raise _lost(exc) from None
+            raise self._lost(exc) from None
 
     def get(self, queue: str) -> Delivery | None:
         """Take one message from `queue`, unacked (basic_get); None when it is empty."""
         try:
             method, properties, body = self._channel.basic_get(queue, auto_ack=False)
         except _LOST_ERRORS as exc:
-            raise _lost(exc) from None
+            raise self._lost(exc) from None
         return None if method is None else (method, properties, body)
 
 
@@ -542,17 +552,21 @@ class Consumer(Channel):
         """Process broker events: for up to `seconds`, or (None) until the next event.
 
         Raises ConnectionLost when the connection or channel is gone, or when the broker
-        cancelled our consumer.
+        cancelled our consumer (once the deliveries already here are taken).
         """
         try:
             self.connection.process_data_events(time_limit=seconds)
         except _LOST_ERRORS as exc:
-            raise _lost(exc) from None
-        if self._cancelled_by_broker:
-            raise ConnectionLost(
-                "the broker cancelled our consumer: the queue was deleted, or the node "
-                "holding it went away; declaring it again"
-            )
+            raise self._lost(exc) from None
+        if not self.deliveries:  # (what came is taken first; a closed channel fails its ack)
+            if self._cancelled_by_broker:
+                raise ConnectionLost(
+                    "the broker cancelled our consumer: the queue was deleted, or the node "
+                    "holding it went away; declaring it again"
+                )
+            # pika's process_data_events() does not raise for a channel the broker closed.
+            if not self._channel.is_open:
+                raise self._lost()
 
     def wake_every(self, seconds: float) -> None:
         """Make pump(None) return at least every `seconds`, for as long as the connection is open.
@@ -574,8 +588,7 @@ class Consumer(Channel):
             return
         tag, self._tag = self._tag, None
         if not (self.connection.is_open and self._channel.is_open):
-            # pika asserts on cancelling a consumer of a closed channel
-            raise ConnectionLost("the channel was already closed")
+            raise self._lost()  # pika asserts on cancelling a consumer of a closed channel
         try:
             leftovers = self._channel.basic_cancel(tag)
             for _ch, method, _props, _body in leftovers or ():
@@ -584,7 +597,7 @@ class Consumer(Channel):
                 self._channel.basic_nack(method.delivery_tag, requeue=True)
             self.deliveries.clear()
         except _LOST_ERRORS as exc:
-            raise _lost(exc) from None
+            raise self._lost(exc) from None
 
     def close(self) -> None:
         """Cancel the consumer and close the connection; never raises."""
