@@ -54,7 +54,8 @@ def test_a_busy_worker_is_handed_no_second_task_while_the_others_take_the_rest(e
     prefetch 1), that row would wait behind row 1 and never be done: no timing involved.
     """
     go = tmp_path / "go"
-    script = f'case "$TASK_BODY" in long*) until [ -e {shlex.quote(str(go))} ]; do sleep 0.05; done;; esac'
+    wait_for_go = f"until [ -e {shlex.quote(str(go))} ]; do sleep 0.05; done"
+    script = f'case "$TASK_BODY" in long*) {wait_for_go};; esac'
     procs = start_workers(env, logs, tmp_path, 3, "--exec", script, "--shell")
     bodies = ["long"] + [f"short {i}" for i in range(2, 14)]
     assert run("emit", *(a for b in bodies for a in ("--message", b)), env=env).returncode == 0

@@ -1,10 +1,11 @@
 """The owner of the broker: connecting, declaring queues, consuming, confirmed copies, back-off.
 
-It is the one module that names pika's exceptions (emitter/ drives pika's asynchronous
-publisher itself, but takes its errors from here). Every function and class here raises
-only the errors of utils.errors: ConnectionLost when the connection or channel goes,
-PublishRefused when the broker will not take a confirmed copy, and the named errors for
-a broker that cannot be reached, a refused login, or a queue we cannot use.
+It is the one module that names pika's exceptions: emitter/ drives pika's asynchronous
+publisher itself, and asks this module what its errors mean. Every function and class
+here raises only the errors of utils.errors: ConnectionLost when the connection or
+channel goes, PublishRefused when the broker will not take a confirmed copy, and the
+named errors for a broker that cannot be reached, a refused login, or a queue we cannot
+use.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class Worker:
 
     # -- connect, consume, reconnect ----------------------------------------------------------
     def run(self) -> WorkerTally:
-        """Consume until stopped, reconnecting with capped, jittered back-off when the broker goes."""
+        """Consume until stopped; reconnect with capped, jittered back-off when the broker goes."""
         backoff = broker.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         first = True
         attempt = 0
@@ -244,7 +244,8 @@ class Worker:
                 **ids,
                 seconds=0.0,
                 attempt=task.attempt,
-                note="finished earlier, but its ack was lost; acked this copy without running it again",
+                note="finished earlier, but its ack was lost; "
+                "acked this copy without running it again",
             )
             decision = decide(Outcome.DONE_EARLIER, task.attempt, self.queue_type, max_attempts)
             self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
