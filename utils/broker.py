@@ -466,7 +466,7 @@ class Channel:
         self.connection = connection
         self._channel = channel
 
-    def _lost(self, exc: BaseException | None = None) -> ConnectionLost:
+    def _lost_error(self, exc: BaseException | None = None) -> ConnectionLost:
         """ConnectionLost for this channel, with the broker's reason when the broker closed it."""
         if exc is None or isinstance(exc, px.ChannelWrongStateError):
             # pika raises "Channel is closed." and keeps the broker's Channel.Close (its
@@ -481,35 +481,35 @@ class Channel:
         try:
             self._channel.basic_ack(tag)
         except _LOST_ERRORS as exc:
-            raise self._lost(exc) from None
+            raise self._lost_error(exc) from None
 
     def nack(self, tag: int) -> None:
         """Give one delivery back to its queue (a quorum queue counts it as a delivery)."""
         try:
             self._channel.basic_nack(tag, requeue=True)
         except _LOST_ERRORS as exc:
-            raise self._lost(exc) from None
+            raise self._lost_error(exc) from None
 
     def reject(self, tag: int) -> None:
         """Give one delivery back to its queue, unfinished."""
         try:
             self._channel.basic_reject(tag, requeue=True)
         except _LOST_ERRORS as exc:
-            raise self._lost(exc) from None
+            raise self._lost_error(exc) from None
 
     def give_back_all(self) -> None:
         """Give every delivery this channel holds unacked back to its queue."""
         try:
             self._channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
         except _LOST_ERRORS as exc:
-            raise self._lost(exc) from None
+            raise self._lost_error(exc) from None
 
     def get(self, queue: str) -> Delivery | None:
         """Take one message from `queue`, unacked (basic_get); None when it is empty."""
         try:
             method, properties, body = self._channel.basic_get(queue, auto_ack=False)
         except _LOST_ERRORS as exc:
-            raise self._lost(exc) from None
+            raise self._lost_error(exc) from None
         return None if method is None else (method, properties, body)
 
 
@@ -558,7 +558,7 @@ class Consumer(Channel):
         try:
             self.connection.process_data_events(time_limit=seconds)
         except _LOST_ERRORS as exc:
-            raise self._lost(exc) from None
+            raise self._lost_error(exc) from None
         if not self.deliveries:  # (what came is taken first; a closed channel fails its ack)
             if self._cancelled_by_broker:
                 raise ConnectionLost(
@@ -567,7 +567,7 @@ class Consumer(Channel):
                 )
             # pika's process_data_events() does not raise for a channel the broker closed.
             if not self._channel.is_open:
-                raise self._lost()
+                raise self._lost_error()
 
     def wake_every(self, seconds: float) -> None:
         """Make pump(None) return at least every `seconds`, for as long as the connection is open.
@@ -589,7 +589,7 @@ class Consumer(Channel):
             return
         tag, self._tag = self._tag, None
         if not (self.connection.is_open and self._channel.is_open):
-            raise self._lost()  # pika asserts on cancelling a consumer of a closed channel
+            raise self._lost_error()  # pika asserts on cancelling a consumer of a closed channel
         try:
             leftovers = self._channel.basic_cancel(tag)
             for _ch, method, _props, _body in leftovers or ():
@@ -598,7 +598,7 @@ class Consumer(Channel):
                 self._channel.basic_nack(method.delivery_tag, requeue=True)
             self.deliveries.clear()
         except _LOST_ERRORS as exc:
-            raise self._lost(exc) from None
+            raise self._lost_error(exc) from None
 
     def close(self) -> None:
         """Cancel the consumer and close the connection; never raises."""
