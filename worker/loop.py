@@ -19,7 +19,7 @@ from utils.settings import Settings, url_host
 from utils.task import DecodeError, Task, delivery_ids
 from worker.handlers import Handler
 from worker.running import TaskRunner
-from worker.settle import Outcome, Settler, WorkerTally, decide
+from worker.settle import DONE, DONE_EARLIER, FAILED, POISON, Settler, WorkerTally, decide
 from worker.stop import TICK, TwoStageStop
 
 #: Reconnect back-off: first delay, and the cap, in seconds.
@@ -212,7 +212,7 @@ class Worker:
             tid, row, run = delivery_ids(properties, body)
             ids: dict[str, Any] = {"task": tid, "row": row, "run": run}
             self.log.event("failed", worker=name, **ids, reason=f"poison message: {exc}")
-            decision = decide(Outcome.POISON, 1, self.queue_type, max_attempts, str(exc))
+            decision = decide(POISON, 1, self.queue_type, max_attempts, str(exc))
             self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
             return
         redelivered = bool(method.redelivered)
@@ -247,15 +247,15 @@ class Worker:
                 note="finished earlier, but its ack was lost; "
                 "acked this copy without running it again",
             )
-            decision = decide(Outcome.DONE_EARLIER, task.attempt, self.queue_type, max_attempts)
+            decision = decide(DONE_EARLIER, task.attempt, self.queue_type, max_attempts)
             self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
             return
         began = time.monotonic()
         # Nothing to do for an instant task: no thread hop, which would cost more than it.
-        outcome, detail = (Outcome.DONE, "") if instant else self._runner.run(task, consumer)
+        outcome, detail = (DONE, "") if instant else self._runner.run(task, consumer)
         seconds = time.monotonic() - began
         self.tally.busy += seconds
-        if outcome is Outcome.DONE:
+        if outcome is DONE:
             self.tally.done += 1
             emit(
                 "done",
@@ -266,7 +266,7 @@ class Worker:
                 attempt=task.attempt,
                 output=detail.strip() or None,
             )
-        elif outcome is Outcome.FAILED:
+        elif outcome is FAILED:
             self.tally.failed += 1
             log.event(
                 "failed",
