@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue as queue_mod
-import random
 import threading
 import time
 from collections import OrderedDict, deque
@@ -31,8 +30,11 @@ log = logging.getLogger(__name__)
 
 #: How many messages may wait for their confirm at once.
 DEFAULT_WINDOW = 2000
-#: Errors after which the emitter tries to reconnect again.
-RECONNECT_ERRORS: tuple[type[BaseException], ...] = (TaskToolError, *broker.CONNECTION_ERRORS)
+#: Errors after which the emitter tries to reconnect again (utils.broker raises only ours).
+RECONNECT_ERRORS: tuple[type[BaseException], ...] = (TaskToolError,)
+#: Reconnect back-off: first delay, and the cap, in seconds.
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 5.0
 #: How often a nacked message is published again before it is reported.
 MAX_NACK_RETRIES = 3
 
@@ -117,7 +119,6 @@ class Publisher:
         self.result.url = url
         started = time.monotonic()
         deadline: float | None = None
-        delay = 0.5
         while True:
             self._run_connection(url)
             if self._finished or self._fatal:
@@ -128,7 +129,7 @@ class Publisher:
             self._event("connection_lost", reason=reason, unconfirmed=len(self._retry))
             if deadline is None:
                 deadline = time.monotonic() + self.retry_for
-            new_url = self._reconnect(deadline, delay)
+            new_url = self._reconnect(deadline)
             if not new_url:
                 self._fatal = BrokerUnavailable(
                     f"the broker did not come back within {self.retry_for:g} s", ""
@@ -143,11 +144,11 @@ class Publisher:
         self.result.first_unconfirmed_row = self._first_unconfirmed_row()
         return self.result
 
-    def _reconnect(self, deadline: float, delay: float) -> str | None:
+    def _reconnect(self, deadline: float) -> str | None:
         """Wait for the broker to answer again (re-declaring the queue); None on time-out."""
+        backoff = broker.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         while time.monotonic() < deadline:
-            time.sleep(min(delay * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 5.0)
+            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
             try:
                 conn, url = broker.connect(self.settings, client_name="emit")
                 try:

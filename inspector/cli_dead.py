@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from utils import broker
-from utils.errors import ConnectionLost
+from utils.errors import ConnectionLost, PublishRefused
 from utils.logformat import shorten
 from utils.options import broker_options, handle_errors, make_settings
-from utils.task import ATTEMPT_HEADERS, H_REASON, copy_properties, delivery_ids
+from utils.task import ATTEMPT_HEADERS, H_REASON, delivery_ids
 
 
 @click.command()
@@ -30,38 +30,34 @@ def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_
     then removed from the dead-letter queue, so a crash half-way loses nothing.
     """
     settings = make_settings(urls, queue, queue_type, log_dir)
-    dead_queue = f"{queue}.dead"
+    dead_queue = broker.dead_letter_name(queue)
     conn, _url = broker.connect(settings, client_name="tasks dead")
     try:
         _dead(conn, settings, dead_queue, requeue)
-    except broker.LOST_ERRORS + broker.PUBLISH_ERRORS as exc:
+    except (ConnectionLost, PublishRefused) as exc:
         raise ConnectionLost(
-            f"lost the broker while reading {dead_queue}: {broker.plain_reason(exc)}",
+            f"lost the broker while reading {dead_queue}: {exc.message}",
             "nothing was lost: messages not yet moved are still in the dead-letter queue; "
             "run the command again",
         ) from None
     finally:
-        if conn.is_open:
-            conn.close()
+        conn.close()
 
 
 def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
-    channel = conn.channel()
-    try:
-        count = channel.queue_declare(dead_queue, passive=True).method.message_count
-    except broker.CHANNEL_CLOSED_ERRORS as exc:
-        if getattr(exc, "reply_code", None) != broker.NOT_FOUND:
-            raise
+    counts = broker.queue_counts(conn, dead_queue)
+    if counts is None:
         click.echo(f"no dead letters: {dead_queue} does not exist")
         return
     # Take at most the messages there now, all unacked: none comes round twice, and any
     # we do not settle go back to the queue when the channel closes.
+    channel = broker.open_channel(conn)
     got = []
-    for _ in range(count):
-        method, props, body = channel.basic_get(dead_queue, auto_ack=False)
-        if method is None:
+    for _ in range(counts[0]):
+        delivery = channel.get(dead_queue)
+        if delivery is None:
             break
-        got.append((method, props, body))
+        got.append(delivery)
     if not got:
         click.echo(f"no dead letters in {dead_queue}")
         return
@@ -69,16 +65,14 @@ def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
         click.echo(f"{len(got)} dead letter(s) in {dead_queue}:")
         for _method, props, body in got:
             click.echo(_describe(props, body))
-        channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+        channel.give_back_all()
         click.echo(f"(left in place; 'tasks dead --requeue' sends them back to {settings.queue})")
         return
     broker.declare_queue(conn, settings)
-    out = conn.channel()
-    out.confirm_delivery()
     for method, props, body in got:
         headers = {k: v for k, v in (props.headers or {}).items() if k not in ATTEMPT_HEADERS}
-        out.basic_publish("", settings.queue, body, copy_properties(props, headers), mandatory=True)
-        channel.basic_ack(method.delivery_tag)  # only once the copy is confirmed
+        broker.publish_copy(conn, settings.queue, body, props, headers)
+        channel.ack(method.delivery_tag)  # only once the copy is confirmed
         click.echo("requeued " + _describe(props, body))
     click.echo(f"moved {len(got)} dead letter(s) back to {settings.queue}")
 

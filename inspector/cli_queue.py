@@ -87,7 +87,7 @@ def purge(
     lands in the queue again.
     """
     settings = make_settings(urls, queue, queue_type, log_dir)
-    name = f"{queue}.dead" if dead else queue
+    name = broker.dead_letter_name(queue) if dead else queue
     conn, url = broker.connect(settings, client_name="tasks purge")
     try:
         counts = broker.queue_counts(conn, name)

@@ -132,7 +132,7 @@ def _node_parts(settings: Settings) -> list[NodePart]:
 
 
 def _queue_part(conn: Any, name: str) -> QueuePart:
-    dead_name = f"{name}.dead"
+    dead_name = broker.dead_letter_name(name)
     counts = broker.queue_counts(conn, name)
     dead = broker.queue_counts(conn, dead_name)
     part = QueuePart(name, counts is not None, dead_queue=dead_name)

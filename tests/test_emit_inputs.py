@@ -15,7 +15,6 @@ import pika
 import pytest
 
 from tests.helpers import BIN, ROOT, drain, events, no_traceback
-from utils.broker import CHANNEL_CLOSED_ERRORS
 
 #: Just over RabbitMQ's 128 MiB message size limit, in two fields joined by a space.
 HALF_OVER_LIMIT = 64 * 1024 * 1024 + 1
@@ -42,7 +41,7 @@ def queue_exists(url: str, queue: str) -> bool:
     try:
         conn.channel().queue_declare(queue, passive=True)
         return True
-    except CHANNEL_CLOSED_ERRORS:
+    except pika.exceptions.ChannelClosedByBroker:
         return False
     finally:
         if conn.is_open:

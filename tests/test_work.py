@@ -1,25 +1,28 @@
-"""Workers as real processes against the real broker."""
+"""Workers as real processes against the real broker, and the log they write."""
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
 from pathlib import Path
 
 import pika
 
+import utils.logformat as logformat
 from inspector.analysis import summarise_run, worker_rows
 from inspector.runs import latest_run, read_logs
-from inspector.schedule import greedy
 from tests.helpers import (
-    ROOT,
+    done_rows,
     events,
     queue_counts,
     run,
     spawn,
     stop_when_done,
+    wait_for,
     wait_for_event,
 )
+from utils.logformat import EventLog, format_human, parse_line
 
 
 def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):
@@ -44,36 +47,34 @@ def test_three_workers_share_the_tasks_and_each_is_done_exactly_once(env, logs, 
     assert all(per_worker.values())
 
 
-def tie_margin(dots: list[int], workers: int) -> float:
-    """The smallest gap, over every dispatch, between the first and second free worker."""
-    free = [0.0] * workers
-    gap = float("inf")
-    for i, d in enumerate(dots):
-        free.sort()
-        if i >= workers:
-            gap = min(gap, free[1] - free[0])
-        free[0] += d
-    return gap
+def test_a_busy_worker_is_handed_no_second_task_while_the_others_take_the_rest(env, logs, tmp_path):
+    """Fair dispatch (prefetch 1): a worker holds one task at a time; the free ones get the rest.
 
-
-def test_who_got_what_matches_the_greedy_schedule_of_fair_dispatch(env, logs, tmp_path):
-    dots = [5, 3, 1, 1, 4, 8, 3, 1, 7, 4, 6, 2]
-    spd = 0.1
-    plan = greedy([d * spd for d in dots], 3)
-    # Precondition: whenever a task is handed out after the first three, the first free
-    # worker is free a whole dot (0.1 s) before the next one, so the schedule has one
-    # clear answer and no coin tosses.
-    assert tie_margin(dots, 3) >= 1
-    expected = {frozenset(i + 1 for i, w in enumerate(plan.assignment) if w == k) for k in range(3)}
-    procs = start_workers(env, logs, tmp_path, 3, "--seconds-per-dot", str(spd))
-    bodies = [f"Task {i:02d} " + "." * d for i, d in enumerate(dots, start=1)]
-    args = [a for b in bodies for a in ("--message", b)]
-    assert run("emit", *args, env=env).returncode == 0
-    stop_when_done(procs, logs, len(dots))
-    got = {
-        frozenset(rows) for rows in worker_rows(summarise_run(latest_run(read_logs(logs)))).values()
-    }
-    assert got == expected
+    Row 1 runs until the test lets it finish, and the test does so only once rows 2..13 are
+    all done. Had the broker handed the busy worker any of them (as it does without
+    prefetch 1), that row would wait behind row 1 and never be done: no timing involved.
+    """
+    go = tmp_path / "go"
+    wait_for_go = f"until [ -e {shlex.quote(str(go))} ]; do sleep 0.05; done"
+    script = f'case "$TASK_BODY" in long*) {wait_for_go};; esac'
+    procs = start_workers(env, logs, tmp_path, 3, "--exec", script, "--shell")
+    bodies = ["long"] + [f"short {i}" for i in range(2, 14)]
+    assert run("emit", *(a for b in bodies for a in ("--message", b)), env=env).returncode == 0
+    wait_for("rows 2..13 done", lambda: done_rows(logs) >= set(range(2, 14)))
+    started = [
+        (f"w{i}", e["row"])
+        for i in (1, 2, 3)
+        for e in events(logs / f"worker-w{i}.log")
+        if e["event"] == "started"
+    ]
+    busy = {w for w, row in started if row == "1"}
+    assert len(busy) == 1 and [row for w, row in started if w in busy] == ["1"]
+    go.touch()
+    stop_when_done(procs, logs, 13)
+    summary = summarise_run(latest_run(read_logs(logs)))
+    assert sorted(summary.audit.once) == list(range(1, 14)) and summary.audit.duplicates == []
+    per_worker = worker_rows(summary)
+    assert per_worker[busy.pop()] == [1]
 
 
 def test_a_task_three_times_the_heartbeat_timeout_is_done_and_acked_once(
@@ -184,6 +185,31 @@ def test_tutorial_scripts_and_ours_share_a_classic_queue(env, broker_url, queue,
     assert got == [b"Hello from emit."]
 
 
-def test_readme_names_the_two_commands():
-    text = (ROOT / "README.md").read_text()
-    assert "make demo" in text and "make test" in text
+# -- the worker's log file and terminal lines (no broker) -------------------------------------
+def test_the_log_file_rotates_by_size_and_keeps_parseable_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(logformat, "MAX_BYTES", 2000)
+    path = tmp_path / "worker-r.log"
+    log = EventLog(path, echo=False)
+    try:
+        for i in range(100):
+            log.event("done", worker="r", task=f"run-{i}", row=i, run="run")
+    finally:
+        log.close()
+    files = sorted(tmp_path.glob("worker-r.log*"))
+    assert [f.name for f in files][:3] == ["worker-r.log", "worker-r.log.1", "worker-r.log.2"]
+    assert all(f.stat().st_size < 2200 for f in files)
+    lines = [ln for f in files for ln in f.read_text().splitlines()]
+    assert all(parse_line(ln) for ln in lines)
+
+
+def test_the_terminal_line_puts_the_note_first_and_leaves_out_worker_and_run():
+    text = format_human(
+        "shutdown_warm", worker="w1", task="r-3", row=3, run="r", note="warm stop (1 of 2)"
+    )
+    assert text.endswith("shutdown_warm  warm stop (1 of 2) task=r-3 row=3")
+    assert "worker=" not in text and "run=" not in text
+
+
+def test_a_value_ending_in_a_newline_stays_on_its_line():
+    line = logformat.format_event("done", task="t-1", output="ok\n")
+    assert "\n" not in line and parse_line(line)["output"] == "ok\n"

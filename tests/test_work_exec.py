@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pika
 import pytest
 
 from tests.helpers import drain, events, queue_counts, run, spawn, wait_for_event
+from utils.task import Task
+from worker.handlers import DotSleep, RunCommand, TaskFailed
 
 #: A handler for --exec that acts on the start of the body (read from stdin), and checks
 #: that TASK_BODY says the same.
@@ -23,6 +26,16 @@ if body.startswith("slow"):
     time.sleep(60)
 print(f"ok row={os.environ['TASK_ROW']} attempt={os.environ['TASK_ATTEMPT']} body={body}")
 """
+
+
+def test_exec_without_shell_passes_the_body_as_data_and_fails_on_non_zero_exit(tmp_path):
+    task = Task("a; touch x $(touch y)", "t-1", 1, "r")
+    out = RunCommand("cat")(task, threading.Event())
+    assert out == "a; touch x $(touch y)"
+    with pytest.raises(TaskFailed, match="exited with code 3"):
+        RunCommand("sh -c 'exit 3'")(task, threading.Event())
+    assert DotSleep(1.0).is_instant(Task("no dots", "t-2")) is True
+    assert DotSleep(1.0).is_instant(Task("one.", "t-3")) is False
 
 
 def task_events(log: Path, event: str) -> list[dict[str, str]]:

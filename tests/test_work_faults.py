@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 from pathlib import Path
 
@@ -61,9 +62,13 @@ def test_connection_closed_by_the_broker_mid_task_is_said_plainly_and_the_task_g
 ):
     node = make_node()
     env = {**env, "AMQP_URL": node.url}
+    # The task runs until the test lets it finish, so the close surely comes mid-task
+    # however long rabbitmqctl takes to start on a busy machine.
+    go = tmp_path / "go"
+    until_go = f"sh -c {shlex.quote(f'until [ -e {shlex.quote(str(go))} ]; do sleep 0.05; done')}"
     w = spawn(
         "work",
-        *("--name", "k", "--seconds-per-dot", "0.5", "--max-tasks", "1"),
+        *("--name", "k", "--exec", until_go, "--max-tasks", "1"),
         env=env,
         out=tmp_path / "k.out",
     )
@@ -73,6 +78,7 @@ def test_connection_closed_by_the_broker_mid_task_is_said_plainly_and_the_task_g
     wait_for_event(log, "started", alive=w)
     node.ctl("close_all_connections", "test closes it")
     lost = wait_for_event(log, "connection_lost", alive=w)[0]
+    go.touch()
     assert "operator closed the connection" in lost["reason"] and lost["row"] == "1"
     assert w.wait() == 0, w.output()
     evs = names(log)

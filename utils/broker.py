@@ -1,18 +1,26 @@
-"""The one module that talks to pika: connecting, declaring the queue, and naming failures.
+"""The owner of the broker: connecting, declaring queues, consuming, confirmed copies, back-off.
 
-No other module imports pika.exceptions; they catch the tuples exported here and the
-errors from utils.errors.
+It is the one module that names pika's exceptions: emitter/ drives pika's asynchronous
+publisher itself, and asks this module what its errors mean. Every function and class
+here raises only the errors of utils.errors: ConnectionLost when the connection or
+channel goes, PublishRefused when the broker will not take a confirmed copy, and the
+named errors for a broker that cannot be reached, a refused login, or a queue we cannot
+use.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import random
 import re
 import socket
 import ssl
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import pika
@@ -23,34 +31,84 @@ from utils.errors import (
     AccessRefused,
     BrokerUnavailable,
     ChannelClosed,
+    ConnectionLost,
+    PublishRefused,
     QueueMismatch,
     TaskToolError,
 )
 from utils.settings import Settings, TlsFiles, mask_url, url_host, url_vhost
+from utils.task import copy_properties
 
 log = logging.getLogger(__name__)
 
-#: Errors that mean "the connection or channel is gone; reconnecting may help".
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+#: pika's errors after which this connection or channel cannot be used any more; reconnecting
+#: may help. They never leave this module: _lost() turns them into ConnectionLost.
+_LOST_ERRORS: tuple[type[BaseException], ...] = (
     px.AMQPConnectionError,
     px.ConnectionClosed,
     px.StreamLostError,
     px.ChannelWrongStateError,
     px.ConnectionWrongStateError,
     px.AMQPHeartbeatTimeout,
+    px.ChannelClosed,
     ConnectionError,
     socket.timeout,
 )
-#: A confirmed publish that the broker returned (unroutable) or refused (nack).
-PUBLISH_ERRORS: tuple[type[BaseException], ...] = (px.UnroutableError, px.NackError)
-#: The broker closed a channel (the error carries its reply code and text).
-CHANNEL_CLOSED_ERRORS: tuple[type[BaseException], ...] = (px.ChannelClosed,)
-#: Anything after which this connection or channel cannot be used any more.
-LOST_ERRORS: tuple[type[BaseException], ...] = CONNECTION_ERRORS + CHANNEL_CLOSED_ERRORS
 #: The broker's reply code for a consumer that held a message past consumer_timeout,
 #: and for arguments that do not match an existing queue.
 PRECONDITION_FAILED = 406
 NOT_FOUND = 404
+
+#: A delivery as pika hands it over: (method with delivery_tag and redelivered, properties, body).
+Delivery = tuple[Any, Any, bytes]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _lost(exc: BaseException) -> ConnectionLost:
+    """Our error for one of pika's lost-connection errors, with the broker's reason."""
+    reason = plain_reason(exc) or type(exc).__name__
+    if isinstance(exc, px.ChannelClosed):
+        reason = "the broker closed the channel: " + reason
+    return ConnectionLost(reason, "", getattr(exc, "reply_code", None))
+
+
+def _our_errors(f: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Let a broker operation raise only our errors: a lost connection is ConnectionLost."""
+
+    @functools.wraps(f)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return f(*args, **kwargs)
+        except _LOST_ERRORS as exc:
+            raise _lost(exc) from None
+
+    return wrapper
+
+
+def dead_letter_name(queue: str) -> str:
+    """The dead-letter queue of a work queue: `<queue>.dead`."""
+    return f"{queue}.dead"
+
+
+class Backoff:
+    """Reconnect delays: jittered (half to all of the delay), doubling, capped at `cap`."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self._delay = first
+
+    def next(self) -> float:
+        """The next wait, in seconds; each call doubles the delay up to the cap."""
+        wait = min(self.cap, self._delay) * (0.5 + random.random() / 2)
+        self._delay = min(self.cap, self._delay * 2)
+        return wait
+
+    def reset(self) -> None:
+        """Start again from the first delay (after a connection that lasted)."""
+        self._delay = self.first
 
 
 def quiet_pika() -> None:
@@ -167,13 +225,29 @@ def _describe(exc: BaseException) -> str:
     return f"{exc!s} {exc!r}" + "".join(f" {a!r}" for a in getattr(exc, "args", ()))
 
 
+class Connection(pika.BlockingConnection):
+    """pika's blocking connection, whose close() does nothing to a connection already gone.
+
+    Callers close in `finally:`; on a lost connection pika's close() would raise and hide
+    the error that brought them there.
+    """
+
+    def close(self, reply_code: int = 200, reply_text: str = "Normal shutdown") -> None:
+        """Close the connection if it is still open; a connection already lost stays so."""
+        try:
+            if self.is_open:
+                super().close(reply_code, reply_text)
+        except _LOST_ERRORS as exc:
+            log.debug("closing a connection that was going anyway: %r", exc)
+
+
 def connect(
     settings: Settings,
     *,
     heartbeat: int | None = None,
     client_name: str = "",
     blocked_timeout: float | None = None,
-) -> tuple[pika.BlockingConnection, str]:
+) -> tuple[Connection, str]:
     """A blocking connection to the first broker URL that answers (tried in shuffled order)."""
     urls = list(settings.urls)
     if len(urls) > 1:
@@ -188,7 +262,7 @@ def connect(
             tls=settings.tls,
         )
         try:
-            return pika.BlockingConnection(params), url
+            return Connection(params), url
         except (px.AMQPError, OSError) as exc:
             last = explain_connect_error(exc, url)
             if isinstance(last, AccessRefused):
@@ -223,6 +297,7 @@ def queue_arguments(queue_type: str) -> dict[str, Any]:
     return {"x-queue-type": queue_type}
 
 
+@_our_errors
 def declare_queue(
     connection: pika.BlockingConnection, settings: Settings
 ) -> tuple[BlockingChannel, QueueInfo]:
@@ -288,6 +363,7 @@ def _found_type(current: str) -> str:
     return parts[1] if len(parts) > 1 else current
 
 
+@_our_errors
 def queue_counts(connection: pika.BlockingConnection, name: str) -> tuple[int, int] | None:
     """(ready messages, consumers) of a queue, or None when it does not exist; creates nothing."""
     channel = connection.channel()
@@ -301,6 +377,7 @@ def queue_counts(connection: pika.BlockingConnection, name: str) -> tuple[int, i
     return ok.method.message_count, ok.method.consumer_count
 
 
+@_our_errors
 def probe_queue_type(connection: pika.BlockingConnection, name: str) -> str:
     """The type of an existing queue (quorum, classic, stream), or "unknown".
 
@@ -319,6 +396,7 @@ def probe_queue_type(connection: pika.BlockingConnection, name: str) -> str:
     return "quorum"
 
 
+@_our_errors
 def purge_queue(connection: pika.BlockingConnection, name: str) -> int:
     """Remove every ready message from a queue; returns how many went."""
     channel = connection.channel()
@@ -330,6 +408,7 @@ def purge_queue(connection: pika.BlockingConnection, name: str) -> int:
     return int(ok.method.message_count)
 
 
+@_our_errors
 def ensure_queue(connection: pika.BlockingConnection, name: str) -> None:
     """Make sure a durable side queue (e.g. `<queue>.dead`) exists, as it is if it does."""
     try:
@@ -339,8 +418,218 @@ def ensure_queue(connection: pika.BlockingConnection, name: str) -> None:
         return
     except px.ChannelClosedByBroker as exc:
         if exc.reply_code != NOT_FOUND:
-            raise
+            raise _queue_error(exc, name) from None
     connection.channel().queue_declare(name, durable=True)
+
+
+def publish_copy(
+    connection: pika.BlockingConnection,
+    queue: str,
+    body: bytes,
+    properties: Any,
+    headers: dict[str, Any],
+    *,
+    declare: bool = False,
+) -> None:
+    """Publish a persistent copy of a message to `queue`, and wait for the broker's confirm.
+
+    On a confirm channel, mandatory: returns only once the copy is safe, so the caller may
+    then ack the original. `declare` first makes sure the queue exists (ensure_queue).
+    Raises PublishRefused when the broker nacks or returns the copy, ConnectionLost when
+    the connection or channel goes.
+    """
+    try:
+        if declare:
+            ensure_queue(connection, queue)
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, body, copy_properties(properties, headers), mandatory=True)
+        channel.close()
+    except px.UnroutableError:
+        raise PublishRefused(
+            f"the broker returned a copy sent to queue '{queue}': no such queue",
+            "the queue was deleted meanwhile; run again to declare it",
+        ) from None
+    except px.NackError:
+        raise PublishRefused(
+            f"the broker refused (nacked) a copy sent to queue '{queue}'",
+            "a queue length limit or a broker alarm refuses messages; make room, then retry",
+        ) from None
+    except _LOST_ERRORS as exc:
+        raise _lost(exc) from None
+
+
+class Channel:
+    """A channel whose calls raise only our errors: ack, nack and reject, and basic_get."""
+
+    def __init__(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> None:
+        self.connection = connection
+        self._channel = channel
+
+    def _lost_error(self, exc: BaseException | None = None) -> ConnectionLost:
+        """ConnectionLost for this channel, with the broker's reason when the broker closed it."""
+        if exc is None or isinstance(exc, px.ChannelWrongStateError):
+            # pika raises "Channel is closed." and keeps the broker's Channel.Close (its
+            # code and text, such as a consumer_timeout) only on a private attribute.
+            reason = getattr(self._channel, "_closing_reason", None)
+            if isinstance(reason, px.ChannelClosedByBroker):
+                return _lost(reason)
+        return _lost(exc) if exc is not None else ConnectionLost("the channel was closed")
+
+    def ack(self, tag: int) -> None:
+        """Acknowledge one delivery: the broker forgets the message."""
+        try:
+            self._channel.basic_ack(tag)
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+
+    def nack(self, tag: int) -> None:
+        """Give one delivery back to its queue (a quorum queue counts it as a delivery)."""
+        try:
+            self._channel.basic_nack(tag, requeue=True)
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+
+    def reject(self, tag: int) -> None:
+        """Give one delivery back to its queue, unfinished."""
+        try:
+            self._channel.basic_reject(tag, requeue=True)
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+
+    def give_back_all(self) -> None:
+        """Give every delivery this channel holds unacked back to its queue."""
+        try:
+            self._channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+
+    def get(self, queue: str) -> Delivery | None:
+        """Take one message from `queue`, unacked (basic_get); None when it is empty."""
+        try:
+            method, properties, body = self._channel.basic_get(queue, auto_ack=False)
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+        return None if method is None else (method, properties, body)
+
+
+@_our_errors
+def open_channel(connection: pika.BlockingConnection) -> Channel:
+    """A new channel on the connection."""
+    return Channel(connection, connection.channel())
+
+
+class Consumer(Channel):
+    """A channel consuming the work queue: deliveries are buffered for the caller to take.
+
+    pump() runs pika's I/O (heartbeats included) and fills `deliveries`; the caller takes
+    them one at a time and settles each with ack, nack or reject.
+    """
+
+    def __init__(
+        self, connection: pika.BlockingConnection, channel: BlockingChannel, queue: str
+    ) -> None:
+        super().__init__(connection, channel)
+        self.queue = queue
+        self.deliveries: deque[Delivery] = deque()
+        self._tag: str | None = None
+        self._cancelled_by_broker = False
+        self._dropped = False
+
+    def _start(self, prefetch: int) -> None:
+        self._channel.basic_qos(prefetch_count=prefetch)
+        self._tag = self._channel.basic_consume(self.queue, self._on_delivery)
+        # The broker cancels our consumer when the queue is deleted (or its node is
+        # lost); without this we would wait for deliveries that can never come.
+        self._channel.add_on_cancel_callback(self._on_broker_cancel)
+
+    def _on_delivery(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self.deliveries.append((method, properties, body))
+
+    def _on_broker_cancel(self, frame: Any) -> None:
+        self._cancelled_by_broker = True
+
+    def pump(self, seconds: float | None = None) -> None:
+        """Process broker events: for up to `seconds`, or (None) until the next event.
+
+        Raises ConnectionLost when the connection or channel is gone, or when the broker
+        cancelled our consumer (once the deliveries already here are taken).
+        """
+        try:
+            self.connection.process_data_events(time_limit=seconds)
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+        if not self.deliveries:  # (what came is taken first; a closed channel fails its ack)
+            if self._cancelled_by_broker:
+                raise ConnectionLost(
+                    "the broker cancelled our consumer: the queue was deleted, or the node "
+                    "holding it went away; declaring it again"
+                )
+            # pika's process_data_events() does not raise for a channel the broker closed.
+            if not self._channel.is_open:
+                raise self._lost_error()
+
+    def wake_every(self, seconds: float) -> None:
+        """Make pump(None) return at least every `seconds`, for as long as the connection is open.
+
+        With this timer in place, waiting for a delivery needs no time limit, which spares
+        pika a timer per wait (a measurable share of a very short task's cost).
+        """
+        conn = self.connection
+
+        def wake() -> None:
+            if conn.is_open and not self._dropped:
+                conn.call_later(seconds, wake)
+
+        conn.call_later(seconds, wake)
+
+    def cancel(self) -> None:
+        """Stop the deliveries, and give back those that came but were not taken yet."""
+        if self._tag is None:
+            return
+        tag, self._tag = self._tag, None
+        if not (self.connection.is_open and self._channel.is_open):
+            raise self._lost_error()  # pika asserts on cancelling a consumer of a closed channel
+        try:
+            leftovers = self._channel.basic_cancel(tag)
+            for _ch, method, _props, _body in leftovers or ():
+                self._channel.basic_nack(method.delivery_tag, requeue=True)
+            for method, _props, _body in self.deliveries:
+                self._channel.basic_nack(method.delivery_tag, requeue=True)
+            self.deliveries.clear()
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+
+    def close(self) -> None:
+        """Cancel the consumer and close the connection; never raises."""
+        with contextlib.suppress(ConnectionLost):  # closing gives back what we hold anyway
+            self.cancel()
+        self.drop()
+
+    def drop(self) -> None:
+        """Close the connection without a word to the broker first (it is lost, or going)."""
+        self._dropped = True
+        self._tag = None
+        self.deliveries.clear()  # unacked: the broker gives them back
+        try:
+            self.connection.close()
+        except Exception as exc:  # it is going away anyway; nothing of ours is left on it
+            log.debug("dropping a connection: %r", exc)
+
+
+def consume(
+    connection: pika.BlockingConnection, settings: Settings, *, prefetch: int
+) -> tuple[Consumer, QueueInfo]:
+    """Declare the work queue (see declare_queue) and consume it with this prefetch."""
+    channel, info = declare_queue(connection, settings)
+    consumer = Consumer(connection, channel, settings.queue)
+    try:
+        consumer._start(prefetch)
+    except px.ChannelClosedByBroker as exc:
+        raise _queue_error(exc, settings.queue) from None
+    except _LOST_ERRORS as exc:
+        raise _lost(exc) from None
+    return consumer, info
 
 
 def _queue_error(exc: px.ChannelClosedByBroker, name: str) -> TaskToolError:

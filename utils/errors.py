@@ -6,14 +6,14 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes shared by every command; documented in docs/EXIT_CODES.md."""
+    """Exit codes shared by every command; docs/EXIT_CODES.md says which and what to do."""
 
     OK = 0
     #: nothing to do (an empty CSV), or `tasks report` found tasks missing
     NOTHING_DONE = 1
     #: bad input or options: nothing was sent
     BAD_INPUT = 2
-    #: the broker could not be reached (or stayed away longer than we wait)
+    #: the broker could not be reached, went away longer than we wait, or refused a message
     BROKER_UNAVAILABLE = 3
     #: the broker refused our credentials or the vhost
     ACCESS_REFUSED = 4
@@ -61,6 +61,20 @@ class ChannelClosed(TaskToolError):
 
 
 class ConnectionLost(TaskToolError):
-    """The connection or channel went away mid-run; callers may reconnect."""
+    """The connection or channel went away mid-run; callers may reconnect.
+
+    The message says why in plain words; `reply_code` is the broker's code when the broker
+    closed it (320 shutdown or an operator, 406 consumer_timeout, 404 queue gone), else None.
+    """
+
+    exit_code = ExitCode.BROKER_UNAVAILABLE
+
+    def __init__(self, message: str, hint: str = "", reply_code: int | None = None) -> None:
+        super().__init__(message, hint)
+        self.reply_code = reply_code
+
+
+class PublishRefused(TaskToolError):
+    """The broker did not take a confirmed publish: it nacked it, or returned it unroutable."""
 
     exit_code = ExitCode.BROKER_UNAVAILABLE

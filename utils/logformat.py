@@ -46,7 +46,7 @@ def _value(v: Any) -> str:
 
 def format_event(event: str, **fields: Any) -> str:
     """One log line for an event; fields whose value is None are left out."""
-    return _both(now_iso(), event, fields, human=False)[0]
+    return _file_and_terminal_lines(now_iso(), event, fields, terminal=False)[0]
 
 
 def parse_line(line: str) -> dict[str, str] | None:
@@ -91,14 +91,19 @@ def format_human(event: str, **fields: Any) -> str:
     23:59:01 started        task=...-3 row=3 dots=2 attempt=1 body="Task 3 .."
     23:59:04 shutdown_warm  warm stop (1 of 2): finishing the current task, ...
     """
-    return _both(now_iso(), event, fields)[1]
+    return _file_and_terminal_lines(now_iso(), event, fields)[1]
 
 
-def _both(ts: str, event: str, fields: dict[str, Any], human: bool = True) -> tuple[str, str]:
-    """The log line and (if asked for) the terminal line of one event, each value formatted once."""
+def _file_and_terminal_lines(
+    ts: str, event: str, fields: dict[str, Any], terminal: bool = True
+) -> tuple[str, str]:
+    """The log-file line and (if `terminal`) the terminal line of one event.
+
+    Each value is formatted once for both.
+    """
     pairs = [(k, _value(v)) for k, v in fields.items() if v is not None]
     line = " ".join([f"ts={ts}", f"event={event}"] + [f"{k}={v}" for k, v in pairs])
-    if not human:
+    if not terminal:
         return line, ""
     note = fields.get("note") or ""
     rest = " ".join(f"{k}={v}" for k, v in pairs if k != "note" and k not in _QUIET_FIELDS)
@@ -109,9 +114,7 @@ def _both(ts: str, event: str, fields: dict[str, Any], human: bool = True) -> tu
 class EventLog:
     """Writes event lines to a rotating file and, optionally, to the terminal."""
 
-    def __init__(
-        self, path: Path, *, echo: bool = True, name: str = "", human: bool = False
-    ) -> None:
+    def __init__(self, path: Path, *, echo: bool = True, human: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # One logger per file; handlers are added once, however often this is built.
@@ -125,7 +128,6 @@ class EventLog:
             handler.setFormatter(logging.Formatter("%(message)s"))
             self._logger.addHandler(handler)
         self.echo = echo
-        self.name = name
         self._size = path.stat().st_size if path.exists() else 0
         self._pending: list[tuple[str, dict[str, Any], str]] = []
         #: Echo a shorter, friendlier form to the terminal; the file keeps key=value lines.
@@ -145,15 +147,18 @@ class EventLog:
             return
         pending, self._pending = self._pending, []
         friendly = self.echo and self.human
-        both = [_both(ts, event, fields, friendly) for event, fields, ts in pending]
-        self._write("\n".join(line for line, _human in both))
+        lines = [
+            _file_and_terminal_lines(ts, event, fields, friendly) for event, fields, ts in pending
+        ]
+        self._write("\n".join(line for line, _human in lines))
         if self.echo:
-            texts = [human if friendly else line for line, human in both]
+            texts = [human if friendly else line for line, human in lines]
             print("\n".join(texts), file=sys.stderr, flush=True)
 
     def event(self, event: str, **fields: Any) -> str:
+        """Write one event now, after any deferred ones; returns its log-file line."""
         self.flush()
-        line, human = _both(now_iso(), event, fields, self.echo and self.human)
+        line, human = _file_and_terminal_lines(now_iso(), event, fields, self.echo and self.human)
         self._write(line)
         if self.echo:
             print(human if self.human else line, file=sys.stderr, flush=True)
@@ -182,6 +187,7 @@ class EventLog:
             handler.release()
 
     def close(self) -> None:
+        """Write what is deferred, then close the file."""
         self.flush()
         for h in list(self._logger.handlers):
             h.close()

@@ -47,6 +47,10 @@ class Task:
     def dots(self) -> int:
         return self.body.count(".")
 
+    def ids(self) -> dict[str, Any]:
+        """The task, row and run fields that every log event about this task carries."""
+        return {"task": self.task_id, "row": self.row, "run": self.run_id}
+
     @classmethod
     def from_row(cls, body: str, row: int, run_id: str, source: str) -> Task:
         return cls(body, task_id(run_id, row), row, run_id, source)

@@ -13,8 +13,8 @@ import click
 from utils.errors import ExitCode, TaskToolError
 from utils.logformat import EventLog
 from utils.options import broker_options, handle_errors, make_settings
-from worker.consumer import Worker, WorkerOptions
 from worker.handlers import DotSleep, Handler, RunCommand
+from worker.loop import Worker, WorkerOptions
 
 
 def default_name() -> str:
@@ -133,23 +133,24 @@ def main(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    tally = worker.tally
     try:
-        summary = worker.run()
+        worker.run()
     except TaskToolError as exc:
         # Say in the log why the worker stopped; the command prints the error and hint.
-        worker.summary.stop = f"error: {exc.message}"
+        tally.stop = f"error: {exc.message}"
         raise
     finally:
         log.event(
             "worker_stopped",
             worker=name,
-            done=worker.summary.done,
-            failed=worker.summary.failed,
-            dead_lettered=worker.summary.dead_lettered,
-            redelivered=worker.summary.redelivered,
-            busy=worker.summary.busy,
-            stop=worker.summary.stop,
+            done=tally.done,
+            failed=tally.failed,
+            dead_lettered=tally.dead_lettered,
+            redelivered=tally.redelivered,
+            busy=tally.busy,
+            stop=tally.stop,
         )
-    click.echo(summary.line(name), err=True)
+    click.echo(tally.line(name), err=True)
     if worker.stop_stage == 2:
         raise SystemExit(int(ExitCode.COLD_STOP))

@@ -1,0 +1,283 @@
+"""The worker's outer loop: connect, take one delivery at a time, reconnect when the broker goes.
+
+Fair dispatch (prefetch 1) and ack after the work: each delivery is decoded, run
+(worker/running.py) and settled (worker/settle.py). A connection lost at any point is
+said plainly, and the worker connects again with capped, jittered back-off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from utils import broker
+from utils.errors import AccessRefused, ConnectionLost, PublishRefused, QueueMismatch, TaskToolError
+from utils.logformat import EventLog, shorten
+from utils.settings import Settings, url_host
+from utils.task import DecodeError, Task, delivery_ids
+from worker.handlers import Handler
+from worker.running import TaskRunner
+from worker.settle import DONE, DONE_EARLIER, FAILED, POISON, Settler, WorkerTally, decide
+from worker.stop import TICK, TwoStageStop
+
+#: Reconnect back-off: first delay, and the cap, in seconds.
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 30.0
+#: A connection that lasted this long resets the back-off; one lost sooner does not.
+STABLE_AFTER = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How one worker behaves."""
+
+    name: str
+    prefetch: int = 1
+    max_tasks: int | None = None
+    exit_when_idle: float | None = None
+    heartbeat: int | None = None
+    task_timeout: float | None = None
+    max_attempts: int = 3
+
+
+class Worker:
+    """One worker process: consume, run, settle; survive what can be survived."""
+
+    def __init__(self, settings: Settings, opts: WorkerOptions, handler: Handler, log: EventLog):
+        self.settings = settings
+        self.opts = opts
+        self.log = log
+        self.tally = WorkerTally()
+        self._stop = TwoStageStop(log, opts.name, threading.Event())
+        self._runner = TaskRunner(handler, opts.task_timeout, self._stop, self._log_lost)
+        self._settler = Settler(settings.queue, opts.name, opts.max_attempts, log, self.tally)
+        self._instant = getattr(handler, "is_instant", None)
+        self._lost_logged = False  # connection_lost already logged for this connection
+        self._node = ""
+        self.queue_type = settings.queue_type
+
+    @property
+    def stop_stage(self) -> int:
+        """0 running, 1 warm stop, 2 cold stop."""
+        return self._stop.stage
+
+    def request_stop(self) -> None:
+        """First call: warm stop (finish the task). Second: cold stop (give it back).
+
+        Safe in a signal handler: it only moves the stage on.
+        """
+        self._stop.request()
+
+    # -- connect, consume, reconnect ----------------------------------------------------------
+    def run(self) -> WorkerTally:
+        """Consume until stopped; reconnect with capped, jittered back-off when the broker goes."""
+        backoff = broker.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
+        first = True
+        attempt = 0
+        while True:
+            try:
+                consumer = self._connect(first)
+            except (AccessRefused, QueueMismatch):
+                raise
+            except TaskToolError as exc:
+                if first:
+                    raise
+                attempt += 1
+                wait = backoff.next()
+                self.log.event(
+                    "reconnect_failed",
+                    worker=self.opts.name,
+                    attempt=attempt,
+                    reason=exc.message,
+                    retry_in=f"{wait:.1f}s",
+                )
+                if self._stop.sleep(wait):
+                    self.tally.stop = self._stop.describe("while reconnecting")
+                    return self.tally
+                continue
+            if not first:
+                self.log.event(
+                    "reconnected",
+                    worker=self.opts.name,
+                    node=self._node,
+                    attempts=attempt + 1,
+                    note="connection restored; consuming again",
+                )
+            first, attempt = False, 0
+            connected_at = time.monotonic()
+            try:
+                self._consume(consumer)
+                consumer.close()
+                self._runner.shutdown()
+                return self.tally
+            except (ConnectionLost, PublishRefused) as lost:
+                consumer.drop()  # what it held unacked, the broker gives back
+                self._log_lost(lost.message)
+                self._lost_logged = False
+                if self._stop.stage:
+                    self.tally.stop = self._stop.describe("after the connection was lost")
+                    return self.tally
+                if time.monotonic() - connected_at > STABLE_AFTER:
+                    backoff.reset()
+                    continue
+                # Lost soon after connecting (a broker that keeps closing us, say): back
+                # off as for a failed connect, so that nothing spins.
+                if self._stop.sleep(backoff.next()):
+                    self.tally.stop = self._stop.describe("while reconnecting")
+                    return self.tally
+
+    def _connect(self, first: bool) -> broker.Consumer:
+        conn, url = broker.connect(
+            self.settings, heartbeat=self.opts.heartbeat, client_name=f"work {self.opts.name}"
+        )
+        self._node = url_host(url)
+        try:
+            consumer, info = broker.consume(conn, self.settings, prefetch=self.opts.prefetch)
+        except TaskToolError:
+            conn.close()
+            raise
+        consumer.wake_every(TICK)
+        self.queue_type = info.queue_type
+        if first:
+            self.log.event(
+                "worker_ready",
+                worker=self.opts.name,
+                queue=self.settings.queue,
+                queue_type=info.queue_type,
+                prefetch=self.opts.prefetch,
+                node=self._node,
+                note=info.note or None,
+            )
+        return consumer
+
+    def _log_lost(self, reason: str, task: Task | None = None) -> None:
+        """Say once per connection, in plain words, that it is gone and what happens next."""
+        if self._lost_logged:
+            return
+        self._lost_logged = True
+        note = (
+            "finishing the task; its ack will be lost, so the broker will redeliver it"
+            if task
+            else "reconnecting"
+        )
+        ids = task.ids() if task else {}
+        self.log.event("connection_lost", worker=self.opts.name, **ids, reason=reason, note=note)
+
+    def _should_exit(self, after_one_more: bool = False) -> bool:
+        if self._stop.stage:
+            return True
+        n = self._settler.settled + (1 if after_one_more else 0)
+        return self.opts.max_tasks is not None and n >= self.opts.max_tasks
+
+    def _consume(self, consumer: broker.Consumer) -> None:
+        """Take deliveries one at a time until a stop, --max-tasks or --exit-when-idle."""
+        idle_since = time.monotonic()
+        deliveries = consumer.deliveries
+        stop = self._stop
+        while True:
+            if stop.stage:
+                stop.announce(None)
+            if self._should_exit():
+                break
+            if deliveries:
+                self._handle(consumer, deliveries.popleft())
+                idle_since = time.monotonic()
+                continue
+            limit: float | None = None  # the wake timer ends the wait within TICK
+            if self.opts.exit_when_idle is not None:
+                left = idle_since + self.opts.exit_when_idle - time.monotonic()
+                if left <= 0:
+                    self.tally.stop = f"idle for {self.opts.exit_when_idle:g} s"
+                    return
+                limit = left if left < TICK else None
+            consumer.pump(limit)
+        if self._stop.stage == 2:
+            self.tally.stop = "cold stop"
+        elif self._stop.stage == 1:
+            self.tally.stop = "warm stop"
+        else:
+            self.tally.stop = f"max tasks ({self.opts.max_tasks}) reached"
+
+    # -- one delivery -------------------------------------------------------------------------
+    def _handle(self, consumer: broker.Consumer, delivery: broker.Delivery) -> None:
+        """Decode, run and settle one delivery, logging its outcome."""
+        method, properties, body = delivery
+        name = self.opts.name
+        max_attempts = self.opts.max_attempts
+        try:
+            task = Task.decode(properties, body)
+        except DecodeError as exc:
+            tid, row, run = delivery_ids(properties, body)
+            ids: dict[str, Any] = {"task": tid, "row": row, "run": run}
+            self.log.event("failed", worker=name, **ids, reason=f"poison message: {exc}")
+            decision = decide(POISON, 1, self.queue_type, max_attempts, str(exc))
+            self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
+            return
+        redelivered = bool(method.redelivered)
+        if redelivered:
+            self.tally.redelivered += 1
+        log = self.log
+        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
+        # A task that takes no time has its two lines written once its ack is sent (see
+        # EventLog.defer); any other line, ack_lost included, writes them first, in order.
+        instant = self._instant is not None and self._instant(task)
+        emit = log.defer if instant else log.event
+        emit(
+            "started",
+            worker=name,
+            **ids,
+            dots=task.dots,
+            attempt=task.attempt,
+            redelivered=redelivered,
+            body=shorten(task.body),
+        )
+        if redelivered and self._settler.finished_earlier(task.task_id):
+            # We finished this very task, then lost its ack (e.g. the broker's
+            # consumer_timeout closed the channel): ack the copy instead of running it again,
+            # which for a task longer than consumer_timeout would loop forever.
+            self.tally.done += 1
+            log.event(
+                "done",
+                worker=name,
+                **ids,
+                seconds=0.0,
+                attempt=task.attempt,
+                note="finished earlier, but its ack was lost; "
+                "acked this copy without running it again",
+            )
+            decision = decide(DONE_EARLIER, task.attempt, self.queue_type, max_attempts)
+            self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
+            return
+        began = time.monotonic()
+        # Nothing to do for an instant task: no thread hop, which would cost more than it.
+        outcome, detail = (DONE, "") if instant else self._runner.run(task, consumer)
+        seconds = time.monotonic() - began
+        self.tally.busy += seconds
+        if outcome is DONE:
+            self.tally.done += 1
+            emit(
+                "done",
+                worker=name,
+                **ids,
+                dots=task.dots,
+                seconds=seconds,
+                attempt=task.attempt,
+                output=detail.strip() or None,
+            )
+        elif outcome is FAILED:
+            self.tally.failed += 1
+            log.event(
+                "failed",
+                worker=name,
+                **ids,
+                attempt=task.attempt,
+                of=max_attempts,
+                seconds=seconds,
+                reason=shorten(detail, 300),
+            )
+        decision = decide(outcome, task.attempt, self.queue_type, max_attempts, detail)
+        # After this one, is it the last? Then the consumer is cancelled before the ack.
+        self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
+        log.flush()

@@ -1,0 +1,243 @@
+"""Settling a task: decide what its outcome means for its message, then do it in one place.
+
+decide() is a plain function of the outcome, the attempt, the queue type and
+--max-attempts; Settler.settle() carries its decision out on the broker and logs what
+became of the message. Every ack, nack, reject and republish of the worker happens there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from utils import broker
+from utils.errors import ConnectionLost
+from utils.logformat import EventLog, shorten
+from utils.task import H_ATTEMPT, H_REASON
+
+#: How many finished-but-unacked task ids a worker remembers.
+DONE_UNACKED_MAX = 1000
+
+
+class Outcome(Enum):
+    """How handling a delivery ended."""
+
+    DONE = "done"
+    FAILED = "failed"
+    COLD_STOP = "cold stop"  # interrupted by a second stop signal
+    POISON = "poison"  # the message cannot be read as a task
+    DONE_EARLIER = "done earlier"  # we finished this task before, but its ack was lost
+
+
+class Action(Enum):
+    """What happens to the message."""
+
+    ACK = "ack"
+    #: nack with requeue: a quorum queue counts the delivery itself (x-delivery-count)
+    RETRY_REQUEUE = "retry by requeue"
+    #: a confirmed copy with x-attempt + 1, then ack the original (a classic queue)
+    RETRY_REPUBLISH = "retry by republish"
+    #: a confirmed copy in <queue>.dead with the reason, then ack the original
+    DEAD_LETTER = "dead-letter"
+    #: reject with requeue, unfinished: another worker will do it
+    GIVE_BACK = "give back"
+
+
+# Python 3.11 takes about 0.2 µs to look an enum member up (Outcome.DONE), several times a
+# task; the per-task path compares with these module-level names instead.
+DONE, FAILED, COLD_STOP, POISON, DONE_EARLIER = (
+    Outcome.DONE,
+    Outcome.FAILED,
+    Outcome.COLD_STOP,
+    Outcome.POISON,
+    Outcome.DONE_EARLIER,
+)
+ACK, RETRY_REQUEUE, RETRY_REPUBLISH, DEAD_LETTER, GIVE_BACK = (
+    Action.ACK,
+    Action.RETRY_REQUEUE,
+    Action.RETRY_REPUBLISH,
+    Action.DEAD_LETTER,
+    Action.GIVE_BACK,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one delivery, and what the doing needs to know."""
+
+    action: Action
+    reason: str = ""  # why it is dead-lettered (its x-failure-reason header)
+    attempt: int = 0  # the number of the attempt a retry will be
+    done: bool = False  # the work is done: should the ack be lost, do not run it again
+
+
+_ACK_DONE = Decision(ACK, done=True)
+_GIVE_BACK_UNFINISHED = Decision(GIVE_BACK)
+
+
+def decide(
+    outcome: Outcome, attempt: int, queue_type: str, max_attempts: int, reason: str = ""
+) -> Decision:
+    """What to do with a delivery, from its outcome, its attempt number and the queue type.
+
+    `reason` says why a task failed, or why a message is poison.
+    """
+    if outcome is DONE or outcome is DONE_EARLIER:
+        return _ACK_DONE
+    if outcome is COLD_STOP:
+        return _GIVE_BACK_UNFINISHED
+    if outcome is POISON:
+        return Decision(DEAD_LETTER, reason)
+    if attempt >= max_attempts:
+        return Decision(DEAD_LETTER, f"failed {attempt} times; last: {reason}")
+    if queue_type == "quorum":
+        return Decision(RETRY_REQUEUE, attempt=attempt + 1)
+    # A classic queue (or one of a type we could not tell) keeps no count of deliveries.
+    return Decision(RETRY_REPUBLISH, attempt=attempt + 1)
+
+
+@dataclass
+class WorkerTally:
+    """What a worker did, printed when it exits; each count moves where its event is logged."""
+
+    done: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    redelivered: int = 0
+    busy: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+    stop: str = "finished"
+
+    def line(self, name: str) -> str:
+        """The summary line a worker prints when it exits."""
+        idle = max(0.0, time.monotonic() - self.started_at - self.busy)
+        return (
+            f"worker {name}: {self.done} done, {self.failed} failed, "
+            f"{self.dead_lettered} dead-lettered, {self.redelivered} redelivered, "
+            f"busy {self.busy:.1f} s, idle {idle:.1f} s ({self.stop})"
+        )
+
+
+class Settler:
+    """Carries out decisions on the broker, and logs what became of each message."""
+
+    def __init__(
+        self, queue: str, worker: str, max_attempts: int, log: EventLog, tally: WorkerTally
+    ) -> None:
+        self.queue = queue
+        self.dead_queue = broker.dead_letter_name(queue)
+        self.worker = worker
+        self.max_attempts = max_attempts
+        self.log = log
+        self.tally = tally
+        #: Messages acked, requeued for retry, or dead-lettered (not those given back).
+        self.settled = 0
+        #: Tasks that finished but whose ack was lost: a redelivered copy is acked at once
+        #: instead of being run again (bounded; oldest forgotten first).
+        self._done_unacked: dict[str, None] = {}
+        #: The consumer on whose connection we last made sure the dead-letter queue exists
+        #: (it may have gone with a broker that restarted).
+        self._dead_declared_on: broker.Consumer | None = None
+
+    def finished_earlier(self, task_id: str) -> bool:
+        """True, once, for a task this worker finished but whose ack was lost."""
+        if task_id in self._done_unacked:
+            del self._done_unacked[task_id]
+            return True
+        return False
+
+    def settle(
+        self,
+        decision: Decision,
+        consumer: broker.Consumer,
+        delivery: broker.Delivery,
+        ids: dict[str, Any],
+        last: bool = False,
+    ) -> None:
+        """Do what the decision says with one delivery.
+
+        `last`: the worker takes no task after this one, so stop the consumer first.
+        Raises ConnectionLost (or PublishRefused) when the broker goes meanwhile; the
+        broker then redelivers the message.
+        """
+        method, properties, body = delivery
+        tag = method.delivery_tag
+        action = decision.action
+        if action is GIVE_BACK:
+            try:
+                consumer.cancel()
+                consumer.reject(tag)
+            except ConnectionLost:
+                pass  # closing the connection gives it back all the same
+            self.log.event(
+                "requeued",
+                worker=self.worker,
+                **ids,
+                reason="cold stop",
+                note="gave the task back to the queue unfinished; another worker will do it",
+            )
+            return
+        if action is not ACK:
+            self._before_the_ack(decision, consumer, properties, body, ids)
+        # The one place a message is acked, or nacked for a retry. On a connection already
+        # lost (mid-task, say) pika refuses the call, and that too is ConnectionLost.
+        try:
+            if last:
+                consumer.cancel()
+            if action is RETRY_REQUEUE:
+                consumer.nack(tag)
+            else:
+                consumer.ack(tag)
+        except ConnectionLost:
+            tid = ids.get("task")
+            if decision.done and tid is not None:
+                self._done_unacked[tid] = None
+                while len(self._done_unacked) > DONE_UNACKED_MAX:
+                    del self._done_unacked[next(iter(self._done_unacked))]
+            self.log.event(
+                "ack_lost",
+                worker=self.worker,
+                **ids,
+                note=f"ack lost; the broker will redeliver task {tid}",
+            )
+            raise
+        self.settled += 1
+        if action is DEAD_LETTER:
+            self.tally.dead_lettered += 1
+            self.log.event(
+                "dead_lettered",
+                worker=self.worker,
+                **ids,
+                queue=self.dead_queue,
+                reason=shorten(decision.reason, 300),
+                note=f"moved to {self.dead_queue}; 'tasks dead' lists it, "
+                "'tasks dead --requeue' retries it",
+            )
+
+    def _before_the_ack(
+        self,
+        decision: Decision,
+        consumer: broker.Consumer,
+        properties: Any,
+        body: bytes,
+        ids: dict[str, Any],
+    ) -> None:
+        """A retry is logged; a republished retry or a dead letter is copied, confirmed."""
+        action = decision.action
+        if action is RETRY_REQUEUE or action is RETRY_REPUBLISH:
+            self.log.event(
+                "retry", worker=self.worker, **ids, attempt=decision.attempt, of=self.max_attempts
+            )
+        headers = dict(properties.headers or {})
+        if action is RETRY_REPUBLISH:
+            headers[H_ATTEMPT] = decision.attempt
+            broker.publish_copy(consumer.connection, self.queue, body, properties, headers)
+        elif action is DEAD_LETTER:
+            headers[H_REASON] = shorten(decision.reason, 500)
+            declare = self._dead_declared_on is not consumer
+            broker.publish_copy(
+                consumer.connection, self.dead_queue, body, properties, headers, declare=declare
+            )
+            self._dead_declared_on = consumer
