@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from utils.errors import BadInput, NothingToDo
+from utils.plural import plural
 
 #: RabbitMQ's default max_message_size (3.10 and later): 128 MiB.
 MAX_BODY_BYTES = 128 * 1024 * 1024
@@ -131,7 +132,7 @@ def iter_rows(
         if column_index is not None:
             if column_index >= len(record):
                 raise BadInput(
-                    f"{name}:{line}: has {len(record)} field(s), no column {column_index + 1}",
+                    f"{name}:{line}: has {plural(len(record), 'field')}, no column {column_index + 1}",
                     "fix the row, or choose another --column",
                 )
             body = record[column_index]
@@ -193,7 +194,7 @@ def validate_file(path: str, opts: CsvOptions) -> ReadStats:
         raise NothingToDo(f"no tasks in {path}", "add rows to the file (one task per row)")
     if stats.selected == 0:
         raise NothingToDo(
-            f"no tasks in {path} from row {opts.start_row} on (it has {stats.rows} rows)",
+            f"no tasks in {path} from row {opts.start_row} on (it has {plural(stats.rows, 'row')})",
             "lower --start-row",
         )
     return stats

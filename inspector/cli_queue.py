@@ -13,6 +13,7 @@ from inspector.status import gather, render
 from utils import broker
 from utils.errors import ExitCode, NothingToDo, TaskToolError
 from utils.options import broker_options, handle_errors, make_settings
+from utils.plural import plural
 from utils.settings import Settings, url_host
 
 #: Seconds between refreshes of `tasks status --watch`.
@@ -98,9 +99,11 @@ def purge(
             )
         ready, consumers = counts
         if not yes:
-            held = f" ({consumers} consumer(s) attached; what they hold stays)" if consumers else ""
+            attached = plural(consumers, "consumer")
+            held = f" ({attached} attached; what they hold stays)" if consumers else ""
             question = (
-                f"Remove all {ready} ready message(s) from queue '{name}' at {url_host(url)}{held}?"
+                f"Remove all {plural(ready, 'ready message')} from queue '{name}' at "
+                f"{url_host(url)}{held}?"
             )
             if not click.confirm(question, default=False):
                 click.echo("nothing removed")
@@ -108,4 +111,4 @@ def purge(
         removed = broker.purge_queue(conn, name)
     finally:
         conn.close()
-    click.echo(f"removed {removed} message(s) from queue '{name}'")
+    click.echo(f"removed {plural(removed, 'message')} from queue '{name}'")

@@ -14,6 +14,7 @@ from inspector.render import render_text, report_csv, report_json
 from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
 from utils.errors import BadInput, ExitCode, NothingToDo
 from utils.options import handle_errors
+from utils.plural import plural
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
@@ -149,7 +150,7 @@ def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
             if run is not None and run.emitted.get("emit_done"):
                 audit = summarise_run(run).audit
                 if not audit.missing:
-                    click.echo(f"run {run.run_id}: all {audit.emitted} tasks done")
+                    click.echo(f"run {run.run_id}: all {plural(audit.emitted, 'task')} done")
                     return
         if time.monotonic() > deadline:
             raise NothingToDo(

@@ -39,7 +39,7 @@ EMIT_CASES = [
         {"f.csv": b"1,a.\n2\n"},
         ["{f}", "--column", "2"],
         2,
-        "f.csv:2: has 1 field(s), no column 2",
+        "f.csv:2: has 1 field, no column 2",
     ),
     ("empty-body", {"f.csv": b"a.\n , \n"}, ["{f}"], 2, "f.csv:2: the task body is empty"),
     (

@@ -78,7 +78,7 @@ def test_a_slice_keeps_original_row_numbers():
     [
         ('a\n"b\n', {}, "f.csv:2: a quote is opened and never closed"),
         ("a\nb\x00c\n", {}, "f.csv:2: a NUL byte"),
-        ("a,b\nc\n", {"column": "2"}, "f.csv:2: has 1 field(s), no column 2"),
+        ("a,b\nc\n", {"column": "2"}, "f.csv:2: has 1 field, no column 2"),
         ("a\n \n,\n", {}, "f.csv:3: the task body is empty"),
     ],
 )
