@@ -15,7 +15,7 @@ from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.errors import BadInput, ExitCode
 from utils.logformat import EventLog, shorten
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import EnvOption, broker_options, handle_errors, make_settings
 from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
 
@@ -95,10 +95,11 @@ PREVIEW_ROWS = 5
 @click.option(
     "--fast-path/--no-fast-path",
     envvar="EMIT_FAST_PATH",
+    cls=EnvOption,
     default=True,
     show_default=True,
     help="Write pre-built frames on pika's private write path, for about half the CPU "
-    "(env EMIT_FAST_PATH; 0 turns it off: pika's public API only). It steps aside by itself "
+    "(EMIT_FAST_PATH=0 turns it off: pika's public API only). It steps aside by itself "
     "on a pika version it was not tested with; see docs/EMIT.md.",
 )
 @click.option(

@@ -12,7 +12,7 @@ import click
 from inspector.status import gather, render
 from utils import broker
 from utils.errors import ExitCode, NothingToDo, TaskToolError
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import EnvOption, broker_options, handle_errors, make_settings
 from utils.plural import plural
 from utils.settings import Settings, url_host
 
@@ -25,8 +25,9 @@ WATCH_EVERY = 1.0
 @click.option(
     "--management-url",
     envvar="TASK_MANAGEMENT_URL",
+    cls=EnvOption,
     metavar="URL",
-    help="The management API (env TASK_MANAGEMENT_URL). "
+    help="The management API. "
     "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
 )
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl+C.")

@@ -13,7 +13,7 @@ import click
 
 from utils.errors import ExitCode, TaskToolError
 from utils.logformat import EventLog
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import EnvOption, broker_options, handle_errors, make_settings
 from utils.terminal import Terminal
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
@@ -36,6 +36,7 @@ def log_path(log_dir: Path, name: str) -> Path:
     default=1.0,
     show_default=True,
     envvar="SECONDS_PER_DOT",
+    cls=EnvOption,
     help="The simulated task sleeps this long for every '.' in its body.",
 )
 @click.option(
