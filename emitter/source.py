@@ -50,7 +50,13 @@ class ReadStats:
 def open_source(path: str) -> IO[bytes]:
     """Open FILE or '-' (stdin) for reading, turning the usual OS errors into one clear line."""
     if path == "-":
-        return sys.stdin.buffer
+        try:
+            # A reader of our own on fd 0: the thread that reads it may be blocked in a read
+            # when Ctrl+C ends emit, and Python's shutdown would then wait for sys.stdin's lock
+            # ("Fatal Python error: could not acquire lock for <stdin>").
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        except (AttributeError, OSError, ValueError):  # a stdin without a file descriptor
+            return sys.stdin.buffer
     p = Path(path)
     if p.is_dir():
         raise BadInput(f"{path} is a directory, not a CSV file", "give the path of a CSV file")

@@ -172,6 +172,8 @@ def handle_errors(f: F) -> F:
         except TaskToolError as exc:
             fail(exc.message, exc.hint, exc.exit_code)
         except KeyboardInterrupt:
+            if sys.stderr.isatty():
+                click.echo("", err=True)  # the TTY echoed ^C where our line would start
             fail("interrupted", "", ExitCode.COLD_STOP)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise

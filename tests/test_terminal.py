@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BIN, ROOT, WAIT, events, run, wait_for, wait_for_event
+from tests.helpers import BIN, ROOT, WAIT, events, queue_ready, run, wait_for, wait_for_event
 from utils.terminal import Terminal, cells, colour_wanted, fit
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -189,6 +189,19 @@ def test_through_a_pipe_work_writes_plain_lines_with_no_escape_codes(env, logs):
     assert any(x.endswith(LONG_BODY[:59] + "…") for x in lines if " started " in x)
     assert "attempt=" not in r.stderr and "task=" not in r.stderr
     assert any(" retry " in x and "attempt 2 of 3" in x for x in lines)
+
+
+def test_ctrl_c_in_emit_reading_a_terminal_ends_on_a_line_of_its_own_with_exit_130(
+    env, broker_url, queue, on_pty
+):
+    e = on_pty("emit", "-", env=tty_env(env))
+    e.type(b"typed by hand .\n")
+    wait_for("the typed row in the queue", lambda: queue_ready(broker_url, queue) == 1)
+    e.type(b"\x03")
+    assert e.wait() == 130
+    out = e.output()
+    assert re.search(r"\^C\r\nerror: interrupted\r\n", out), out
+    assert "Fatal Python error" not in out and "Traceback" not in out
 
 
 # -- the layout itself, without a broker ------------------------------------------------------
