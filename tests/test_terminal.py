@@ -248,6 +248,16 @@ def test_done_shows_the_body_of_its_started_line_and_the_worker_stopped_line_is_
     assert t.line(TS, "worker_stopped", {"worker": "w1", "done": 1}) == ""
 
 
+def test_a_done_with_a_note_and_a_cold_stop_requeue_are_said_whole_not_cut():
+    t = Terminal(width=60)
+    note = "finished earlier, but its ack was lost; acked this copy without running it again"
+    done = t.line(TS, "done", {"task": "r-3", "row": 3, "seconds": 0.0, "attempt": 2, "note": note})
+    assert done.split("\n")[0].endswith("row 3     0.00 s (attempt 2)")
+    assert " ".join(x.strip() for x in done.split("\n")[1:]) == note
+    requeued = t.line(TS, "requeued", {"row": 3, "reason": "cold stop", "note": "gave it back"})
+    assert requeued.endswith("row 3     cold stop: gave it back")
+
+
 @pytest.mark.parametrize(
     ("environ", "wanted"),
     [({}, True), ({"NO_COLOR": "1"}, False), ({"NO_COLOR": ""}, True), ({"TERM": "dumb"}, False)],

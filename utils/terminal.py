@@ -197,7 +197,7 @@ class Terminal:
         """The terminal text of one event: "" for none, several lines when a note wraps."""
         if event == "worker_stopped":
             return ""  # the summary line that follows says the same, in words
-        if event == "started" or event == "done":
+        if event == "started" or (event == "done" and not fields.get("note")):
             pieces = [self._task_text(event, fields)]
             cut = True
         else:
@@ -237,12 +237,10 @@ class Terminal:
         text = _seconds(f.get("seconds"))
         if extra:
             text += f" ({', '.join(extra)})"
-        note = f.get("note")
-        if note:
-            return f"{text}  {printable(str(note))}"
         output = f.get("output")
         if output:
-            body = f"{body}  output: {printable(str(output))}"
+            said = f"output: {printable(str(output))}"
+            body = f"{body}  {said}" if body else said
         return f"{text}  {body}" if body else text
 
     def _pieces(self, event: str, f: dict[str, Any]) -> list[str]:
@@ -272,6 +270,14 @@ class Terminal:
             get("seconds")
             tried = f"attempt {attempt} of {of}: " if attempt is not None and of else ""
             pieces.append(f"{tried}{reason}")
+        elif event == "done":  # with a note: it says why the task did not run again
+            attempt = get("attempt")
+            again = f" (attempt {attempt})" if isinstance(attempt, int) and attempt > 1 else ""
+            pieces.append(_seconds(get("seconds")) + again)
+            self._bodies.pop(str(f.get("task")), None)
+        elif event == "requeued" and note:
+            pieces.append(f"{get('reason')}: {note}")
+            note = None
         elif event == "retry":
             pieces.append(f"runs again as attempt {get('attempt')} of {get('of')}")
             self._bodies.pop(str(f.get("task")), None)
@@ -283,7 +289,9 @@ class Terminal:
             pieces.append(f"to {get('node')}")
         elif event in ("connection_lost", "dead_lettered"):
             get("queue")
-            pieces.append(str(get("reason")))
+            reason = get("reason")
+            if reason is not None:
+                pieces.append(str(reason))
         if event in ("dead_lettered", "requeued", "ack_lost"):
             self._bodies.pop(str(f.get("task")), None)
         if note:
