@@ -123,7 +123,7 @@ def _name_skipped(logs: LogSet) -> None:
     for s in logs.skipped[:SKIPPED_SHOWN]:
         click.echo(f"skipped {s.file}:{s.line}: {s.why}", err=True)
     if len(logs.skipped) > SKIPPED_SHOWN:
-        click.echo(f"skipped {len(logs.skipped) - SKIPPED_SHOWN} more lines", err=True)
+        click.echo(f"skipped {plural(len(logs.skipped) - SKIPPED_SHOWN, 'more line')}", err=True)
 
 
 @click.command()
