@@ -259,6 +259,16 @@ def test_a_done_with_a_note_and_a_cold_stop_requeue_are_said_whole_not_cut():
 
 
 @pytest.mark.parametrize(
+    ("event", "sgr"),
+    [("connection_lost", "31"), ("reconnect_failed", "31"), ("reconnected", "32")],
+)
+def test_connection_events_are_coloured_and_plain_without_colour(event, sgr):
+    fields = {"worker": "w1", "reason": "gone", "node": "h:5672", "note": "reconnecting"}
+    assert f"\x1b[{sgr}m{event}\x1b[0m" in Terminal(width=80, colour=True).line(TS, event, fields)
+    assert "\x1b" not in Terminal(width=80, colour=False).line(TS, event, fields)
+
+
+@pytest.mark.parametrize(
     ("environ", "wanted"),
     [({}, True), ({"NO_COLOR": "1"}, False), ({"NO_COLOR": ""}, True), ({"TERM": "dumb"}, False)],
 )
