@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from inspector import timeline
-from inspector.analysis import summarise_run
+from inspector.analysis import TIMES, summarise_run
 from inspector.cli import main
 from inspector.runs import all_runs, latest_run, read_logs
 from inspector.timeline import text_timeline
@@ -163,7 +163,8 @@ def test_figures_compare_the_run_with_greedy_lpt_round_robin_and_the_lower_bound
     f = summarise_run(read_logs(d).runs[R1]).figures
     assert (f.makespan, f.greedy, f.lower_bound, f.lpt, f.round_robin) == (5, 5, 4, 4, 6)
     assert f.ratio(f.greedy) == 1.0 and f.ratio(f.round_robin) == pytest.approx(5 / 6)
-    assert "1.00× the greedy schedule" in summarise_run(read_logs(d).runs[R1]).verdict
+    verdict = summarise_run(read_logs(d).runs[R1]).verdict
+    assert f"1.00{TIMES} the greedy schedule" in verdict
 
 
 def test_report_exits_1_and_lists_what_is_missing(two_runs):
