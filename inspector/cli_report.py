@@ -11,6 +11,7 @@ import click
 
 from inspector import timeline
 from inspector.analysis import RunSummary, summarise_run, summarise_untracked
+from inspector.cli_queue import management_url_option
 from inspector.render import (
     render_text,
     render_untracked,
@@ -73,13 +74,7 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
     is_flag=True,
     help="Do not ask the broker where the tasks not done are; judge from the logs alone.",
 )
-@click.option(
-    "--management-url",
-    envvar="TASK_MANAGEMENT_URL",
-    metavar="URL",
-    help="The management API (env TASK_MANAGEMENT_URL). "
-    "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
-)
+@management_url_option
 @broker_options
 @handle_errors
 def report(

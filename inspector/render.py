@@ -21,6 +21,8 @@ from inspector.whereabouts import Whereabouts
 JSON_SCHEMA = 2
 #: Body characters shown in the per-task table.
 BODY_COLUMN = 24
+#: How the per-task table marks a delivery that did not end in done.
+OUTCOME_NOTES = {"requeued": "given back by a cold stop"}
 
 
 def _rows_text(rows: list[int], limit: int = 12) -> str:
@@ -82,7 +84,7 @@ def render_text(run: Run, s: RunSummary, w: Whereabouts | None = None, position:
     for t in s.tasks:
         for a in t.attempts:
             secs = f"{a.seconds:.2f}" if a.seconds is not None else "-"
-            note = "" if a.outcome == "done" else f"  ({a.outcome})"
+            note = "" if a.outcome == "done" else f"  ({OUTCOME_NOTES.get(a.outcome, a.outcome)})"
             body = t.body if len(t.body) <= BODY_COLUMN else t.body[: BODY_COLUMN - 1] + "…"
             lines.append(
                 f"{t.row if t.row is not None else '-':>4}  {body:<{BODY_COLUMN}} "
@@ -154,7 +156,12 @@ def _whereabouts_lines(w: Whereabouts) -> list[str]:
     lines = []
     q = w.queue
     if q is not None and (w.running or w.left or w.dead_unlogged):
-        others = f", {w.foreign_consumers} not workers of these logs" if w.foreign_consumers else ""
+        others = (
+            f" ({w.foreign_consumers} not {'a worker' if w.foreign_consumers == 1 else 'workers'}"
+            " of these logs)"
+            if w.foreign_consumers
+            else ""
+        )
         unacked = "unknown" if q.unacked is None else str(q.unacked)
         dead = "none" if q.dead is None else str(q.dead)
         lines.append(
@@ -196,7 +203,13 @@ def next_steps(run: Run, s: RunSummary, w: Whereabouts | None) -> list[str]:
     if w is not None and w.running:
         if w.queue is not None and w.waiting and not w.queue.consumers:
             steps.append("no worker is consuming the queue: start one with 'work'")
-        steps.append("'tasks wait' returns once every task is done; then 'tasks report' again")
+        if w.waiting or w.in_progress:
+            steps.append("'tasks wait' returns once every task is done; then 'tasks report' again")
+        if w.in_progress_elsewhere:
+            steps.append(
+                f"{_plural(w.in_progress_elsewhere, 'task')} held by another consumer will not "
+                "show as done in these logs"
+            )
     if s.audit.missing:
         if w is None or w.judged_from == "logs":
             steps.append("if no worker is running, start one with 'work': it takes what waits")

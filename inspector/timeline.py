@@ -7,7 +7,6 @@ commands start without paying for it.
 from __future__ import annotations
 
 import string
-import textwrap
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,20 +62,21 @@ def text_timeline(s: RunSummary, width: int = 60) -> str:
     name_w = max(len(w.name) for w in s.workers) if s.workers else 6
     lanes: dict[str, list[str]] = {w.name: [" "] * (width + 1) for w in s.workers}
     short: list[str] = []
-    for t in s.tasks:
-        for a in t.attempts:
-            end_s = (drawn_end(s, a) - s.start).total_seconds()
-            fill = TEXT_FILL.get(a.outcome, "?")
-            lo = min(width, int((a.start - s.start).total_seconds() * scale))
-            hi = min(width + 1, max(lo + 1, int(end_s * scale)))
-            row = str(t.row) if t.row is not None else "?"
-            label = "|" + row
-            if hi - lo < len(label) + 1:  # no room for the number and one mark
-                key = KEYS[len(short)] if len(short) < len(KEYS) else "*"
-                secs = f", {a.seconds:.2f} s" if a.seconds is not None else ""
-                short.append(f"{key} = row {row} ({ENDINGS.get(a.outcome, a.outcome)}{secs})")
-                label = key
-            lanes[a.worker][lo:hi] = list(label.ljust(hi - lo, fill))
+    # In time order, so that the letters of short bars run left to right.
+    bars = sorted(((a, t.row) for t in s.tasks for a in t.attempts), key=lambda b: b[0].start)
+    for a, row_no in bars:
+        end_s = (drawn_end(s, a) - s.start).total_seconds()
+        fill = TEXT_FILL.get(a.outcome, "?")
+        lo = min(width, int((a.start - s.start).total_seconds() * scale))
+        hi = min(width + 1, max(lo + 1, int(end_s * scale)))
+        row = str(row_no) if row_no is not None else "?"
+        label = "|" + row
+        if hi - lo < len(label) + 1:  # no room for the number and one mark
+            key = KEYS[len(short)] if len(short) < len(KEYS) else "*"
+            secs = f", {a.seconds:.2f} s" if a.seconds is not None else ""
+            short.append(f"{key} = row {row} ({ENDINGS.get(a.outcome, a.outcome)}{secs})")
+            label = key
+        lanes[a.worker][lo:hi] = list(label.ljust(hi - lo, fill))
     lines = [f"{name:<{name_w}} {''.join(c).rstrip()}" for name, c in lanes.items()]
     pad = " " * (name_w + 1)
     lb = min(width, int(s.figures.lower_bound * scale))
@@ -86,13 +86,21 @@ def text_timeline(s: RunSummary, width: int = 60) -> str:
     marks = "; ".join(f"{TEXT_FILL[o]} {ENDINGS[o]}" for o in used if o in TEXT_FILL)
     lines.append(f"{pad}key: |N = a delivery of row N starts; {marks}")
     if short:
-        lines += textwrap.wrap(
-            "short bars: " + "; ".join(short),
-            width=width + name_w + 1,
-            initial_indent=pad,
-            subsequent_indent=pad + "  ",
-        )
+        lines += _pack(["short bars:", *short], pad, width + name_w + 1)
     return "\n".join(lines)
+
+
+def _pack(entries: list[str], pad: str, width: int) -> list[str]:
+    """Entries on as few lines as fit in width, never one cut across two lines."""
+    out = [pad + entries[0]]
+    for e in entries[1:]:
+        if len(out[-1]) + len(e) + 2 > width and out[-1].strip() != entries[0]:
+            out[-1] += ";"
+            out.append(pad + "  " + e)
+        else:
+            sep = " " if out[-1].strip() == entries[0] else "; "
+            out[-1] += sep + e
+    return out
 
 
 def figure(s: RunSummary, title: str = "") -> Figure:

@@ -235,7 +235,9 @@ def _share(
 ) -> dict[str, Whereabouts]:
     """Share out one queue's counts among the runs that used it, newest run first."""
     newest_first = sorted(peers, key=lambda p: p[0].run_id, reverse=True)
-    active = {r.run_id: _active(s, logs) for r, s in peers}
+    # With no consumer on the queue nobody holds a task, whatever the logs say: a worker
+    # killed mid-task writes no end, and the broker has put its task back.
+    active = {r.run_id: _active(s, logs) if q.consumers else [] for r, s in peers}
     ours_holding = sum(len(a) for a in active.values())
     # The management API's counts lag by up to 5 s; the logs may be newer.
     unacked = max(q.unacked or 0, ours_holding)
@@ -261,11 +263,11 @@ def _share(
         dead_extra -= w.dead_unlogged
         gone = len(idle) - w.waiting - w.in_progress_elsewhere - w.dead_unlogged
         w.left = sorted(idle[:gone])  # first in, first out: the earliest left first
-    _judge_left(list(out.values()), logs, q, ours_holding)
+    _judge_left(list(out.values()), logs, q)
     return out
 
 
-def _judge_left(ws: list[Whereabouts], logs: LogSet, q: QueueView, ours_holding: int) -> None:
+def _judge_left(ws: list[Whereabouts], logs: LogSet, q: QueueView) -> None:
     """Decide whether the tasks that left the queue were taken by another consumer."""
     running_here = sum(1 for life in logs.workers.values() if life.running_on(q.name))
     foreign_now = max(q.foreign_consumers or 0, q.consumers - running_here)
@@ -279,10 +281,12 @@ def _judge_left(ws: list[Whereabouts], logs: LogSet, q: QueueView, ours_holding:
         unseen = by_hand + (q.got or 0) + (q.auto_acked or 0)
     evidence = ""
     if foreign_now > 0:
-        evidence = (
-            f"the broker shows {foreign_now} consumer(s) on {q.name} that are not workers "
-            "of these logs"
+        who = (
+            "consumer that is not a worker"
+            if foreign_now == 1
+            else "consumers that are not workers"
         )
+        evidence = f"the broker shows {foreign_now} {who} of these logs on {q.name}"
     elif unseen is not None and left and unseen >= left:
         evidence = (
             f"the broker counted {unseen} deliveries from {q.name} that these logs do not show"
