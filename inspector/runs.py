@@ -106,6 +106,10 @@ class WorkerLife:
         the logs know; a worker killed with SIGKILL writes no such line)."""
         return min((t for t in self.stopped if t > ts), default=None)
 
+    def holds_since(self, ts: datetime) -> bool:
+        """It may still hold what it took at ts: no stop and no fresh start since then."""
+        return self.stopped_after(ts) is None and not any(t > ts for t, _q in self.ready)
+
     def running_on(self, queue: str) -> bool:
         """Its last line about its life says it is consuming queue (ready, not stopped)."""
         if not self.ready:
@@ -289,13 +293,28 @@ def worker_life(logs: LogSet, name: str) -> WorkerLife:
     return logs.workers.get(name) or WorkerLife(name)
 
 
+def run_order(run: Run) -> tuple[datetime, str]:
+    """When a run began, for putting runs in order: its emit_started line, else its first
+    task event, else the time in its id. Run ids alone sort by time only to the second
+    (two emits in one second get random suffixes in any order)."""
+    when = run.emitted.get("emit_started") or run.emitted.get("emit_done")
+    if when:
+        return _utc(parse_ts(when)), run.run_id
+    starts = [a.start for t in run.tasks.values() for a in t.attempts]
+    if starts:
+        return min(starts), run.run_id
+    m = re.match(r"(\d{8}T\d{6})", run.run_id)
+    stamp = datetime.strptime(m[1], "%Y%m%dT%H%M%S") if m else datetime.min
+    return stamp.replace(tzinfo=timezone.utc), run.run_id
+
+
 def latest_run(logs: LogSet) -> Run | None:
-    """The newest run that was emitted (run ids sort by time)."""
+    """The newest run that was emitted."""
     emitted = [r for r in logs.runs.values() if r.emitted]
     pool = emitted or list(logs.runs.values())
-    return max(pool, key=lambda r: r.run_id) if pool else None
+    return max(pool, key=run_order) if pool else None
 
 
 def all_runs(logs: LogSet) -> list[Run]:
     """Every run, oldest first."""
-    return sorted(logs.runs.values(), key=lambda r: r.run_id)
+    return sorted(logs.runs.values(), key=run_order)
