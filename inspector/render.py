@@ -180,6 +180,11 @@ def _whereabouts_lines(w: Whereabouts) -> list[str]:
         lines.append(
             f"run in progress: waiting {w.waiting}, in progress {busy}{elsewhere}, done {w.done}"
         )
+        if w.unpublished:
+            lines.append(
+                f"emit has not logged its end: {_plural(w.unpublished, 'task')} not seen yet "
+                "may not be published yet (if emit was killed, they never will be)"
+            )
     if w.dead_unlogged:
         lines.append(
             f"{_plural(w.dead_unlogged, 'task')} in the dead-letter queue with no "
@@ -261,6 +266,7 @@ def _whereabouts_json(w: Whereabouts | None) -> dict[str, Any] | None:
         "in_progress": w.in_progress,
         "in_progress_elsewhere": w.in_progress_elsewhere,
         "dead_unlogged": w.dead_unlogged,
+        "unpublished": w.unpublished,
         "left_queue": w.left,
         "taken_elsewhere": w.taken_elsewhere,
         "evidence": w.evidence,

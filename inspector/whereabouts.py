@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from inspector.analysis import RunSummary
-from inspector.runs import LogSet, Run, TaskRecord
+from inspector.runs import LogSet, Run, TaskRecord, run_order
 from inspector.status import ManagementUnavailable, default_management_url, fetch_json
 from utils import broker
 from utils.errors import TaskToolError
@@ -143,6 +143,8 @@ class Whereabouts:
     in_progress: int = 0  # held unacked by a worker of these logs
     in_progress_elsewhere: int = 0  # held unacked by a consumer that writes no log here
     dead_unlogged: int = 0  # in the dead-letter queue, with no dead_lettered line here
+    #: Not seen anywhere while emit has not logged its end: perhaps not published yet.
+    unpublished: int = 0
     left: list[int] = field(default_factory=list)  # rows that left the queue, not done here
     taken_elsewhere: bool = False  # ... and the broker shows another consumer took them
     evidence: str = ""
@@ -153,7 +155,9 @@ class Whereabouts:
     @property
     def running(self) -> bool:
         """Some of the run's tasks are still waiting in the queue or being worked on."""
-        return bool(self.waiting or self.in_progress or self.in_progress_elsewhere)
+        return bool(
+            self.waiting or self.in_progress or self.in_progress_elsewhere or self.unpublished
+        )
 
 
 def locate(
@@ -188,7 +192,7 @@ def _done_count(s: RunSummary) -> int:
 
 def _active(s: RunSummary, logs: LogSet) -> list[int]:
     """Rows not done whose latest delivery a worker started and, per the logs, still holds:
-    no end, and that worker has not logged its stop since."""
+    no end, and that worker has neither stopped nor started afresh since."""
     by_row = _by_row(s)
     rows = []
     for row in s.audit.missing:
@@ -197,7 +201,7 @@ def _active(s: RunSummary, logs: LogSet) -> list[int]:
             continue
         a = t.attempts[-1]
         life = logs.workers.get(a.worker)
-        if a.outcome == "unfinished" and (life is None or life.stopped_after(a.start) is None):
+        if a.outcome == "unfinished" and (life is None or life.holds_since(a.start)):
             rows.append(row)
     return rows
 
@@ -234,7 +238,7 @@ def _share(
     peers: list[tuple[Run, RunSummary]], logs: LogSet, q: QueueView, note: str
 ) -> dict[str, Whereabouts]:
     """Share out one queue's counts among the runs that used it, newest run first."""
-    newest_first = sorted(peers, key=lambda p: p[0].run_id, reverse=True)
+    newest_first = sorted(peers, key=lambda p: run_order(p[0]), reverse=True)
     # With no consumer on the queue nobody holds a task, whatever the logs say: a worker
     # killed mid-task writes no end, and the broker has put its task back.
     active = {r.run_id: _active(s, logs) if q.consumers else [] for r, s in peers}
@@ -253,7 +257,7 @@ def _share(
         out[run.run_id] = w
         idle = [r for r in s.audit.missing if r not in active[run.run_id]]
         rest[run.run_id] = _emit_order(s, idle, run.emitted.get("order", "file"))
-    for run, _s in newest_first:  # what is still in the queue is the newest work
+    for run, s in newest_first:  # what is still in the queue is the newest work
         w, idle = out[run.run_id], rest[run.run_id]
         w.waiting = min(len(idle), ready)
         ready -= w.waiting
@@ -263,6 +267,10 @@ def _share(
         dead_extra -= w.dead_unlogged
         gone = len(idle) - w.waiting - w.in_progress_elsewhere - w.dead_unlogged
         w.left = sorted(idle[:gone])  # first in, first out: the earliest left first
+        if run.emit_status == "running":  # emit may still be publishing the rows not seen
+            seen = _by_row(s)
+            w.unpublished = sum(1 for r in w.left if r not in seen)
+            w.left = [r for r in w.left if r in seen]
     _judge_left(list(out.values()), logs, q)
     return out
 

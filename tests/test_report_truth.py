@@ -345,3 +345,35 @@ def test_text_timeline_never_cuts_a_row_number_and_marks_a_cold_stop(tmp_path):
     assert lanes["two"].startswith("two b|7~~~~")
     assert "b = row 5 (given back by a cold stop, 0.20 s)" in r.stdout
     assert "~ given back by a cold stop" in r.stdout
+
+
+def test_rows_not_seen_while_emit_has_not_finished_may_be_unpublished_not_missing(env, queue, logs):
+    # emit logged its start (5 rows) and nothing more yet; a worker did row 1.
+    begun = line(0, "emit_started", run=R1, source="t.csv", queue=queue, order="file", total=5)
+    write(logs / "emitter.log", [begun])
+    write(logs / "worker-a.log", [started(0, "a", R1, 1), done(1, "a", R1, 1, 1.0)])
+    r = report(env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[emit running]" in r.stdout and "0 missing" in r.stdout
+    assert "emit has not logged its end: 4 tasks not seen yet may not be published yet" in (
+        r.stdout
+    )
+    _code, doc = report_json(env)
+    assert doc["runs"][0]["whereabouts"]["unpublished"] == 4
+
+
+def test_the_latest_run_is_the_last_emitted_even_within_one_second(tmp_path):
+    # Run ids sort by time only to the second; their random suffixes do not.
+    d = tmp_path / "logs"
+    d.mkdir()
+    first, second = "20260101T120000-ffff", "20260101T120000-0000"
+    write(
+        d / "emitter.log",
+        [
+            line(0.1, "emit_done", run=first, queue="q", rows="1-1", total=1),
+            line(0.6, "emit_done", run=second, queue="q", rows="1-1", total=1),
+        ],
+    )
+    write(d / "worker-a.log", [started(0.2, "a", first, 1), done(0.3, "a", first, 1, 0.1)])
+    r = _offline(str(d))
+    assert f"run {second}, the latest of 2 in {d}/" in r.stdout
