@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -163,10 +165,12 @@ def report(
 def _echo_text(
     shown: list[tuple[Run, RunSummary, Whereabouts]], position: str, text_timeline: bool
 ) -> None:
+    # On a terminal, prose wraps at words to its width; through a pipe, lines stay whole.
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     for i, (r, s, w) in enumerate(shown):
         if i:
             click.echo("\n" + "-" * 72 + "\n")
-        click.echo(render_text(r, s, w, position))
+        click.echo(render_text(r, s, w, position, width))
         if text_timeline:
             click.echo("\n" + timeline.text_timeline(s))
 

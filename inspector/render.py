@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,9 +21,11 @@ from inspector.whereabouts import Whereabouts
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
 JSON_SCHEMA = 2
 #: Body characters shown in the per-task table.
-BODY_COLUMN = 24
+BODY_COLUMN = 20
+#: Worker-name characters shown in the per-task table.
+WORKER_COLUMN = 14
 #: How the per-task table marks a delivery that did not end in done.
-OUTCOME_NOTES = {"requeued": "given back by a cold stop"}
+OUTCOME_NOTES = {"requeued": "given back"}
 
 
 def _rows_text(rows: list[int], limit: int = 12) -> str:
@@ -49,10 +52,17 @@ def _plural(n: int, word: str, words: str = "") -> str:
     return f"{n} {word if n == 1 else words or word + 's'}"
 
 
-def render_text(run: Run, s: RunSummary, w: Whereabouts | None = None, position: str = "") -> str:
+def render_text(
+    run: Run,
+    s: RunSummary,
+    w: Whereabouts | None = None,
+    position: str = "",
+    width: int | None = None,
+) -> str:
     """The report as a person reads it.
 
-    position: "the latest of 5 in logs/" when the run was picked from several.
+    position: "the latest of 5 in logs/" when the run was picked from several. width: the
+    terminal's columns, to wrap prose at words and cut the rows column (None: no limit).
     """
     e = run.emitted
     status = "" if run.emit_status == "done" else f" [emit {run.emit_status}]"
@@ -65,51 +75,91 @@ def render_text(run: Run, s: RunSummary, w: Whereabouts | None = None, position:
         if position
         else [f"run {s.run_id}: {what}"]
     )
-    lines = [
-        *head,
+    table = [
         "",
         f"{'worker':<20} {'tasks':>5} {'busy s':>7} {'util':>5} {'first start':>12} "
         f"{'last end':>12}  rows",
     ]
     for wk in s.workers:
-        lines.append(
+        cells = (
             f"{wk.name[:20]:<20} {wk.tasks:>5} {wk.busy:>7.2f} {wk.utilisation:>5.0%} "
-            f"{_clock(wk.first_start):>12} {_clock(wk.last_end):>12}  {_rows_text(wk.rows)}"
+            f"{_clock(wk.first_start):>12} {_clock(wk.last_end):>12}  "
         )
-    lines += [
+        table.append(cells + _rows_fit(wk.rows, width - len(cells) if width else None))
+    table += [
         "",
-        f"{'row':>4}  {'body':<{BODY_COLUMN}} {'worker':<16} {'start':>12} {'end':>12} "
-        f"{'secs':>6} {'att':>3}  redelivered",
+        f"{'row':>4}  {'body':<{BODY_COLUMN}} {'worker':<{WORKER_COLUMN}} {'start':>12} "
+        f"{'secs':>6} {'att':>3}  notes",
     ]
+    held = set(w.active) if w is not None else set()
     for t in s.tasks:
         for a in t.attempts:
             secs = f"{a.seconds:.2f}" if a.seconds is not None else "-"
-            note = "" if a.outcome == "done" else f"  ({OUTCOME_NOTES.get(a.outcome, a.outcome)})"
+            outcome = a.outcome
+            if outcome == "unfinished" and a is t.attempts[-1] and t.row in held:
+                outcome = "in progress"
+            notes = ["redelivered"] if a.redelivered else []
+            if outcome != "done":
+                notes.append(f"({OUTCOME_NOTES.get(outcome, outcome)})")
             body = t.body if len(t.body) <= BODY_COLUMN else t.body[: BODY_COLUMN - 1] + "…"
-            lines.append(
+            table.append(
                 f"{t.row if t.row is not None else '-':>4}  {body:<{BODY_COLUMN}} "
-                f"{a.worker[:16]:<16} {_clock(a.start):>12} {_clock(a.end):>12} {secs:>6} "
-                f"{a.attempt:>3}  {'yes' if a.redelivered else 'no'}{note}"
+                f"{a.worker[:WORKER_COLUMN]:<{WORKER_COLUMN}} {_clock(a.start):>12} {secs:>6} "
+                f"{a.attempt:>3}  {' '.join(notes)}".rstrip()
             )
+    prose: list[str] = []
     f = s.figures
     if f.makespan:
         crew = _plural(f.workers, "worker")
         if f.busy_workers != f.workers:
             crew += f" ({f.busy_workers} finished tasks: the schedules are for {f.busy_workers})"
-        lines += [
+        prose += [
             "",
-            f"makespan {f.makespan:.2f} s with {crew}; "
-            f"lower bound {f.lower_bound:.2f} s{_ratio_text(f, f.lower_bound)}",
-            f"greedy schedule for the emitted order {f.greedy:.2f} s{_ratio_text(f, f.greedy)}; "
-            f"LPT {f.lpt:.2f} s{_ratio_text(f, f.lpt)}; "
-            f"round robin (no prefetch limit) {f.round_robin:.2f} s{_ratio_text(f, f.round_robin)}",
+            f"makespan{' so far' if w is not None and w.running else ''} {f.makespan:.2f} s "
+            f"with {crew}, against:",
+            f"  lower bound {f.lower_bound:.2f} s{_ratio_text(f, f.lower_bound)}",
+            f"  greedy schedule for the emitted order {f.greedy:.2f} s{_ratio_text(f, f.greedy)}",
+            f"  LPT {f.lpt:.2f} s{_ratio_text(f, f.lpt)}",
+            f"  round robin (no prefetch limit) {f.round_robin:.2f} s"
+            f"{_ratio_text(f, f.round_robin)}",
             s.verdict,
         ]
-    lines += ["", *render_audit(s, w)]
+    prose += ["", *render_audit(s, w)]
     steps = next_steps(run, s, w)
     if steps:
-        lines += ["", *(f"next: {step}" for step in steps)]
-    return "\n".join(lines)
+        prose += ["", *(f"next: {step}" for step in steps)]
+    return "\n".join([*_wrap(head, width), *table, *_wrap(prose, width)])
+
+
+def _wrap(lines: list[str], width: int | None) -> list[str]:
+    """Prose lines wrapped at words to width, continuing one step further in."""
+    if not width:
+        return lines
+    out = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip()))
+        out += textwrap.wrap(
+            line,
+            width,
+            subsequent_indent=indent + "  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        ) or [""]
+    return out
+
+
+def _rows_fit(rows: list[int], room: int | None) -> str:
+    """The rows column, shortened with … to fit room characters (None: the first 12)."""
+    text = _rows_text(rows)
+    if room is None or len(text) <= room:
+        return text
+    shown = sorted(rows)
+    while shown:
+        shown.pop()
+        cut = ", ".join(str(r) for r in shown) + ", …"
+        if len(cut) <= room:
+            return cut
+    return "…"
 
 
 def render_audit(s: RunSummary, w: Whereabouts | None = None) -> list[str]:

@@ -149,6 +149,8 @@ class Whereabouts:
     taken_elsewhere: bool = False  # ... and the broker shows another consumer took them
     evidence: str = ""
     missing: list[int] = field(default_factory=list)
+    #: Rows in progress on a worker of these logs (their latest delivery has no end yet).
+    active: list[int] = field(default_factory=list)
     queue: QueueView | None = None
     foreign_consumers: int = 0
 
@@ -223,6 +225,7 @@ def _from_logs(s: RunSummary, logs: LogSet, view: BrokerView | None) -> Whereabo
         len(s.audit.dead),
         in_progress=len(active),
         missing=[r for r in s.audit.missing if r not in active],
+        active=active,
     )
 
 
@@ -253,6 +256,7 @@ def _share(
     for run, s in newest_first:
         w = Whereabouts("broker", note, _done_count(s), len(s.audit.dead), queue=q)
         w.in_progress = min(len(active[run.run_id]), unacked)
+        w.active = active[run.run_id][: w.in_progress]
         unacked -= w.in_progress
         out[run.run_id] = w
         idle = [r for r in s.audit.missing if r not in active[run.run_id]]

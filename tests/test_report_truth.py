@@ -14,6 +14,7 @@ import pika
 from tests.helpers import (
     SPAWNED,
     Proc,
+    events,
     queue_ready,
     run,
     spawn,
@@ -108,11 +109,9 @@ def test_runs_sharing_a_queue_get_its_newest_messages_and_purged_tasks_are_missi
     source.write_text("".join(f"row {i} .\n" for i in range(1, 6)))
     assert run("emit", str(source), "--limit", "3", env=env).returncode == 0
     assert run("emit", str(source), "--start-row", "4", env=env).returncode == 0
-    first, second = sorted(
-        line.split("run=")[1].split()[0]
-        for line in (logs / "emitter.log").read_text().splitlines()
-        if "event=emit_done" in line
-    )
+    first, second = [  # in the order they were emitted (ids sort only to the second)
+        e["run"] for e in events(logs / "emitter.log") if e["event"] == "emit_done"
+    ]
 
     r = report(env)
     assert r.returncode == 0, r.stdout + r.stderr
