@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import sys
 import pika
 
 from tests.helpers import (
+    BIN,
     SPAWNED,
     Proc,
     events,
@@ -376,3 +378,39 @@ def test_the_latest_run_is_the_last_emitted_even_within_one_second(tmp_path):
     write(d / "worker-a.log", [started(0.2, "a", first, 1), done(0.3, "a", first, 1, 0.1)])
     r = _offline(str(d))
     assert f"run {second}, the latest of 2 in {d}/" in r.stdout
+
+
+def test_on_an_80_column_terminal_the_report_wraps_prose_at_words(tmp_path):
+    d = tmp_path / "logs"
+    d.mkdir()
+    write(
+        d / "emitter.log",
+        [line(0, "emit_done", run=R1, source="a-long-file-name.csv", rows="1-30", total=30)],
+    )
+    write(d / "worker-a.log", [started(0, "a", R1, 1), done(1, "a", R1, 1, 1.0)])
+    args = [str(BIN / "tasks"), "report", "--logs-only", str(d)]
+    piped = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ)).stdout
+    assert max(len(x) for x in piped.splitlines()) > 80  # through a pipe, lines stay whole
+
+    main, child = pty.openpty()  # a terminal, as a person sees the report
+    try:
+        proc = subprocess.run(
+            args, stdout=child, stderr=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "80"}
+        )
+        os.close(child)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the child side is closed and everything was read
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(main)
+    text = out.decode().replace("\r\n", "\n")
+    assert proc.returncode == 1
+    assert max(len(x) for x in text.splitlines()) <= 80, text
+    # The missing rows wrap at a comma and space, never inside a number.
+    assert "missing rows: 2, 3, 4" in text and re.search(r"\n +\d", text.split("missing rows")[1])
