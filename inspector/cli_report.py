@@ -21,9 +21,10 @@ from inspector.render import (
     report_json,
 )
 from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
-from inspector.whereabouts import BrokerView, Whereabouts, locate, look, queue_of
+from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo
 from utils.options import broker_options, handle_errors, make_settings
+from utils.settings import DEFAULT_QUEUE, Settings
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
@@ -119,21 +120,9 @@ def report(
     by_id = {r.run_id: s for r, s in every_run}
     pairs = [(r, by_id[r.run_id]) for r in runs]
     settings = make_settings(urls, queue, queue_type, log_dir)
-    queues = sorted({queue_of(r, queue) for r in runs})
-    view: BrokerView | None = None
-    if not logs_only:
-        view = look(settings, queues, set(logs.workers), management_url)
-    wheres = locate(pairs, every_run, logs, view, queue)
-    # The management API counts deliveries every 5 s: tasks another consumer took just now
-    # look missing until it has. Ask again for a few seconds before calling them missing.
-    if view and view.management and any(w.missing for w in wheres):
-        if not as_json and not as_csv:
-            click.echo("checking again: the management API's counts lag by up to 5 s", err=True)
-        deadline = time.monotonic() + MANAGEMENT_LAG
-        while any(w.missing for w in wheres) and time.monotonic() < deadline:
-            time.sleep(1.0)
-            view = look(settings, queues, set(logs.workers), management_url)
-            wheres = locate(pairs, every_run, logs, view, queue)
+    wheres = _whereabouts(
+        logs, pairs, every_run, None if logs_only else settings, management_url, as_json or as_csv
+    )
     # From here on, "missing" is the judgement with the broker's counts, not the logs' alone.
     shown = [
         (r, replace(s, audit=replace(s.audit, missing=w.missing)), w)
@@ -160,6 +149,33 @@ def report(
     _name_skipped(logs)
     if any(s.audit.missing for _r, s in pairs):
         raise SystemExit(int(ExitCode.NOTHING_DONE))
+
+
+def _whereabouts(
+    logs: LogSet,
+    pairs: list[tuple[Run, RunSummary]],
+    every_run: list[tuple[Run, RunSummary]],
+    settings: Settings | None,
+    management_url: str | None,
+    quiet: bool,
+) -> list[Whereabouts]:
+    """Where each shown run's tasks not done are; settings None: from the logs alone."""
+    if settings is None:
+        return locate(pairs, every_run, logs, None, DEFAULT_QUEUE)
+    queues = sorted({queue_of(r, settings.queue) for r, _s in pairs})
+    view = look(settings, queues, set(logs.workers), management_url)
+    wheres = locate(pairs, every_run, logs, view, settings.queue)
+    # The management API counts deliveries every 5 s: tasks another consumer took just now
+    # look missing until it has. Ask again for a few seconds before calling them missing.
+    if view.management and any(w.missing for w in wheres):
+        if not quiet:
+            click.echo("checking again: the management API's counts lag by up to 5 s", err=True)
+        deadline = time.monotonic() + MANAGEMENT_LAG
+        while any(w.missing for w in wheres) and time.monotonic() < deadline:
+            time.sleep(1.0)
+            view = look(settings, queues, set(logs.workers), management_url)
+            wheres = locate(pairs, every_run, logs, view, settings.queue)
+    return wheres
 
 
 def _echo_text(

@@ -203,9 +203,11 @@ def _whereabouts_lines(w: Whereabouts) -> list[str]:
         if w.missing:
             lines.append("without the broker, a task still waiting in the queue looks missing")
         return lines
+    if not (w.running or w.left or w.dead_unlogged):
+        return []  # everything is done or dead-lettered: the queue has nothing to add
     lines = []
     q = w.queue
-    if q is not None and (w.running or w.left or w.dead_unlogged):
+    if q is not None:
         others = (
             f" ({w.foreign_consumers} not {'a worker' if w.foreign_consumers == 1 else 'workers'}"
             " of these logs)"

@@ -198,6 +198,11 @@ def test_a_foreign_consumer_on_the_queue_accounts_for_the_tasks_it_took(
     # the held one as unacked yet, so it is either in progress elsewhere or gone with them.
     assert where["left_queue"][:2] == [1, 2]
     assert len(where["left_queue"]) + where["in_progress_elsewhere"] == 3
+    # Without the management API, the consumer count over AMQP is the evidence.
+    plain = report(env, "--management-url", "http://localhost:1/")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "the management API did not answer" in plain.stdout
+    assert "3 tasks left the queue without a done event in these logs" in plain.stdout
 
 
 def test_two_hello_world_messages_are_two_untracked_tasks_and_no_line_is_skipped(
