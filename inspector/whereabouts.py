@@ -25,10 +25,8 @@ from utils import broker
 from utils.errors import TaskToolError
 from utils.settings import Settings, url_host, url_vhost
 
-#: The name our workers give their connections: "work NAME" (worker/consumer.py).
+#: The name our workers give their connections: "work NAME" (worker/loop.py).
 WORKER_CONNECTION = "work "
-#: What asking the broker may raise, beyond connecting: none of it stops the report.
-_ASKING_ERRORS: tuple[type[BaseException], ...] = (TaskToolError, *broker.LOST_ERRORS)
 
 
 @dataclass
@@ -77,14 +75,13 @@ def look(
     try:
         for name in queues:
             counts = broker.queue_counts(conn, name)
-            dead = broker.queue_counts(conn, f"{name}.dead")
+            dead = broker.queue_counts(conn, broker.dead_letter_name(name))
             view = QueueView(name, counts is not None, dead=dead[0] if dead else None)
             if counts is not None:
                 view.ready, view.consumers = counts
             views[name] = view
-    except _ASKING_ERRORS as exc:
-        reason = getattr(exc, "message", "") or broker.plain_reason(exc)
-        return BrokerView(False, url_host(url), reason)
+    except TaskToolError as exc:  # what asking may raise; none of it stops the report
+        return BrokerView(False, url_host(url), exc.message)
     finally:
         if conn.is_open:
             conn.close()
