@@ -16,7 +16,9 @@ from inspector import timeline
 from inspector.analysis import TIMES, summarise_run
 from inspector.cli import main
 from inspector.runs import all_runs, latest_run, read_logs
+from inspector.schedule import greedy, lower_bound, lpt, round_robin
 from inspector.timeline import text_timeline
+from tests.helpers import no_traceback, run
 from utils.logformat import format_event
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -247,3 +249,34 @@ def test_unreadable_folders_and_bad_options_give_a_clear_error_not_a_traceback(t
         error, hint = r.output.splitlines()
         assert error.startswith("error: ") and message in error, args
         assert hint.startswith("  hint: "), args
+
+
+# Bad report arguments, and the schedules fair dispatch is compared with.
+
+
+def test_tasks_report_on_an_empty_folder_says_what_to_do(env, tmp_path):
+    r = run("tasks", "report", str(tmp_path), env=env)
+    assert r.returncode == 1
+    assert "no log lines" in r.stderr and "emit" in r.stderr and no_traceback(r.stderr)
+
+
+def test_tasks_report_for_an_unknown_run_says_so(env, logs):
+    assert run("emit", "--message", "x", env=env).returncode == 0
+    r = run("tasks", "report", str(logs), "--run", "no-such-run", env=env)
+    assert r.returncode == 1 and "no-such-run" in r.stderr and no_traceback(r.stderr)
+
+
+def test_greedy_schedule_gives_each_task_to_the_first_free_worker():
+    s = greedy([3, 1, 1, 1, 2], 2)
+    assert s.assignment == (0, 1, 1, 1, 0)
+    assert s.makespan == 5
+    assert lower_bound([3, 1, 1, 1, 2], 2) == 4
+    assert lpt([1, 1, 3], 2).makespan == 3
+
+
+def test_fair_dispatch_beats_round_robin_on_the_sample_tasks():
+    from tests.helpers import ROOT
+
+    dots = [line.count(".") for line in (ROOT / "tasks.csv").read_text().splitlines()]
+    assert 18 <= len(dots) <= 22 and min(dots) == 1 and max(dots) == 10
+    assert greedy(dots, 3).makespan < round_robin(dots, 3) * 0.8
