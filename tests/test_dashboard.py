@@ -23,7 +23,7 @@ from inspector.dashboard.server import Dashboard, is_loopback, make_server
 from inspector.dashboard.sources import LogTail
 from inspector.dashboard.state import DashboardState, TaskSet
 from tests.helpers import BIN, ROOT, no_traceback, wait_for
-from utils.logformat import _both
+from utils.logformat import format_event
 
 RUN = "20261127T100000-ab12"
 #: The dashboard's port in these tests (0: any free one); TEST_DASHBOARD_PORT pins a range.
@@ -32,7 +32,7 @@ PORT = int(os.environ.get("TEST_DASHBOARD_PORT", "0"))
 
 def line(ts: str, event: str, **fields: object) -> str:
     """A log line exactly as utils.logformat writes it, at a given time."""
-    return _both(ts, event, fields, human=False)[0]
+    return f"ts={ts} " + format_event(event, **fields).split(" ", 1)[1]
 
 
 def ts(second: float) -> str:
@@ -442,3 +442,29 @@ def test_ctrl_c_stops_it_cleanly_and_a_taken_port_is_an_error(tmp_path: Path) ->
     finally:
         code = d.stop()
     assert code == 0 and no_traceback(d.err), d.err
+
+
+def test_a_long_history_is_read_in_small_bites_and_folded_in_time_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspector.dashboard import sources
+
+    monkeypatch.setattr(sources, "READ_BUDGET", 2048)
+    monkeypatch.setattr(sources, "READ_MIN", 512)
+    lines = run_lines(workers=3, tasks=60)
+    for w in ("w0", "w1", "w2"):
+        mine = [x for x in lines if f"worker={w} " in x]
+        (tmp_path / f"worker-{w}.log").write_text("\n".join(mine) + "\n")
+    (tmp_path / "emitter.log").write_text("\n".join(x for x in lines if "worker=" not in x) + "\n")
+    tail = LogTail(tmp_path)
+    got: list[dict[str, str]] = []
+    polls = 0
+    while True:
+        batch = tail.poll()
+        polls += 1
+        got += batch
+        if not batch and not tail.more:
+            break
+    assert polls > 5  # it did come in bites
+    assert [e["ts"] for e in got] == sorted(e["ts"] for e in got)
+    assert len(got) == len(lines)

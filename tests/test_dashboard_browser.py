@@ -36,7 +36,9 @@ def browser() -> Any:
         # Before any script of the page runs: alert() only records that it was called.
         driver.execute_cdp_cmd(
             "Page.addScriptToEvaluateOnNewDocument",
-            {"source": "window.__alerts = []; window.alert = (m) => window.__alerts.push(String(m));"},
+            {
+                "source": "window.__alerts = []; window.alert = (m) => window.__alerts.push(String(m));"
+            },
         )
         yield driver
 
@@ -71,7 +73,7 @@ def test_the_page_follows_a_three_worker_run_to_the_end_and_matches_the_logs(
         )
         for name in names
     ]
-    for name, w in zip(names, workers):
+    for name, w in zip(names, workers, strict=True):
         wait_for(
             f"{name} ready",
             lambda name=name: any(
@@ -84,16 +86,19 @@ def test_the_page_follows_a_three_worker_run_to_the_end_and_matches_the_logs(
         browser.get(dashboard.url)
         wait_until(
             "the page to show 3 workers online",
-            lambda: number(browser, "workers-online") == 3
-            and browser.execute_script("return document.querySelectorAll('#workers tbody tr').length")
-            == 3,
+            lambda: (
+                number(browser, "workers-online") == 3
+                and browser.execute_script(
+                    "return document.querySelectorAll('#workers tbody tr').length"
+                )
+                == 3
+            ),
         )
         emitted = run("emit", str(csv), "--quiet", env=env)
         assert emitted.returncode == 0, emitted.stderr
         wait_until(
             "the page to show every task finished",
-            lambda: (number(browser, "run-done"), number(browser, "run-dead"))
-            == (ROWS - 1, 1),
+            lambda: (number(browser, "run-done"), number(browser, "run-dead")) == (ROWS - 1, 1),
             timeout=120,
         )
         shot = tmp_path / "dashboard.png"

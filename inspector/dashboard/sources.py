@@ -19,8 +19,11 @@ from utils.logformat import parse_line
 
 log = logging.getLogger(__name__)
 
-#: Bytes read from one file in one poll; a long history comes over several polls.
-READ_CHUNK = 4 * 1024 * 1024
+#: Bytes read in one poll, shared out among the files that have something new; a long
+#: history comes over several polls, so that what is held at once stays small.
+READ_BUDGET = 1024 * 1024
+#: A file gets at least this much of the budget.
+READ_MIN = 64 * 1024
 
 
 class EventSource(Protocol):
@@ -46,6 +49,7 @@ class _Tail:
     path: Path
     offset: int = 0
     partial: bytes = b""
+    last_ts: str = ""  # the time of the last line read from it
 
 
 class LogTail:
@@ -60,8 +64,9 @@ class LogTail:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self._tails: dict[tuple[int, int], _Tail] = {}
+        self._held: list[dict[str, str]] = []  # read, but later than what a file has left
         self.unreadable = 0
-        self.more = False  # the last poll stopped at READ_CHUNK: poll again at once
+        self.more = False  # the last poll left something unread: poll again at once
 
     def describe(self) -> dict[str, object]:
         return {
@@ -73,9 +78,8 @@ class LogTail:
         }
 
     def poll(self) -> list[dict[str, str]]:
-        events: list[dict[str, str]] = []
+        grown: list[tuple[_Tail, int]] = []
         seen: set[tuple[int, int]] = set()
-        self.more = False
         try:
             files = log_files(self.log_dir) if self.log_dir.is_dir() else []
         except OSError as exc:
@@ -95,26 +99,37 @@ class LogTail:
             if st.st_size < tail.offset:  # truncated, or a new file on a reused inode
                 tail.offset, tail.partial = 0, b""
             if st.st_size > tail.offset:
-                events.extend(self._read(tail, st.st_size))
+                grown.append((tail, st.st_size))
         for key in list(self._tails):
             if key not in seen:
                 del self._tails[key]  # rotated out of existence
-        # Lines from several files: put them in time order (the timestamps are all UTC, to
-        # the millisecond, in one format, so they sort as text); a file's own lines keep
-        # their order when the times are equal.
+        share = max(READ_MIN, READ_BUDGET // max(1, len(grown)))
+        events, self._held = self._held, []
+        behind: list[_Tail] = []  # files with more to read than this poll's share
+        for tail, size in grown:
+            events.extend(self._read(tail, size, share))
+            if tail.offset < size:
+                behind.append(tail)
+        self.more = bool(behind)
+        # Lines from several files, in time order (the timestamps are all UTC, to the
+        # millisecond, in one format, so they sort as text; a file's own lines keep their
+        # order when the times are equal). While a file has more to read, the lines later
+        # than its last one read wait for the next poll: history is folded in time order.
         events.sort(key=lambda e: e["ts"])
+        if behind:
+            mark = min(t.last_ts for t in behind)
+            cut = next((i for i, e in enumerate(events) if e["ts"] > mark), len(events))
+            events, self._held = events[:cut], events[cut:]
         return events
 
-    def _read(self, tail: _Tail, size: int) -> list[dict[str, str]]:
+    def _read(self, tail: _Tail, size: int, limit: int) -> list[dict[str, str]]:
         try:
             with open(tail.path, "rb") as f:
                 f.seek(tail.offset)
-                data = f.read(min(READ_CHUNK, size - tail.offset))
+                data = f.read(min(limit, size - tail.offset))
         except OSError as exc:
             log.debug("cannot read %s: %s", tail.path, exc)
             return []
-        if tail.offset + len(data) < size:
-            self.more = True
         tail.offset += len(data)
         data = tail.partial + data
         cut = data.rfind(b"\n") + 1
@@ -128,7 +143,10 @@ class LogTail:
                 self.unreadable += 1
                 continue
             out.append(fields)
+        if out:
+            tail.last_ts = out[-1]["ts"]
         return out
 
     def close(self) -> None:
         self._tails.clear()
+        self._held = []

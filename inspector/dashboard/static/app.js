@@ -12,7 +12,10 @@
   // What the page keeps between polls: its copy of the timeline's bars (the server sends only
   // the new ones), and figures a test or a benchmark can read.
   const tl = { run: null, epoch: null, since: 0, origin: null, bars: [], kept: 5000, dropped: false };
-  const stats = { polls: 0, renders: 0, errors: 0, lastRenderMs: 0, maxRenderMs: 0, version: 0 };
+  // renderMs: the latest 200 render times (ms), for bench/dashboard.py.
+  const stats = {
+    polls: 0, renders: 0, errors: 0, lastRenderMs: 0, maxRenderMs: 0, version: 0, renderMs: [],
+  };
   window.dashboardStats = stats;
   let last = null;
   let fetchedAt = 0;
@@ -56,6 +59,8 @@
       stats.renders += 1;
       stats.lastRenderMs = ms;
       stats.maxRenderMs = Math.max(stats.maxRenderMs, ms);
+      stats.renderMs.push(ms);
+      if (stats.renderMs.length > 200) stats.renderMs.shift();
       stats.version = s.version;
       document.body.dataset.version = String(s.version);
       const conn = $("conn");
