@@ -108,6 +108,10 @@ def dashboard(
         f"{settings.masked_urls}; /metrics for Prometheus",
         err=True,
     )
+    if not log_dir.is_dir():
+        click.echo(
+            f"dashboard: no folder {log_dir}/ yet; waiting for the first log lines", err=True
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:

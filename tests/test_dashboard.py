@@ -468,3 +468,12 @@ def test_a_long_history_is_read_in_small_bites_and_folded_in_time_order(
     assert polls > 5  # it did come in bites
     assert [e["ts"] for e in got] == sorted(e["ts"] for e in got)
     assert len(got) == len(lines)
+
+
+def test_a_page_that_followed_another_run_gets_every_bar_of_the_new_one() -> None:
+    s = folded(run_lines(tasks=3))
+    snap = s.snapshot(now=1e10)
+    same = s.snapshot(now=1e10, since=snap["version"], epoch_seen=snap["epoch"], run_seen=RUN)
+    assert not same["timeline"]["full"] and same["timeline"]["bars"] == []
+    moved = s.snapshot(now=1e10, since=snap["version"], epoch_seen=snap["epoch"], run_seen="old")
+    assert moved["timeline"]["full"] and len(moved["timeline"]["bars"]) == 3

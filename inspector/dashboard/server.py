@@ -178,11 +178,13 @@ class Dashboard:
                 stop.wait(FOLD_EVERY)
 
     # -- what is served -----------------------------------------------------------------------
-    def state_json(self, since: int = 0, epoch: str | None = None) -> bytes:
+    def state_json(self, since: int = 0, epoch: str | None = None, run: str | None = None) -> bytes:
         """/api/state: the snapshot as compact JSON."""
         queue = self.queue.latest if self.queue else None
         with self.lock:
-            snap = self.state.snapshot(time.time(), since, epoch, queue, self.source.describe())
+            snap = self.state.snapshot(
+                time.time(), since, epoch, queue, self.source.describe(), run_seen=run
+            )
         return json.dumps(snap, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     def metrics_text(self) -> bytes:
@@ -263,7 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/state":
             since = query.get("since", ["0"])[0]
             body = app.state_json(
-                int(since) if since.isdigit() else 0, query.get("epoch", [None])[0]
+                int(since) if since.isdigit() else 0,
+                query.get("epoch", [None])[0],
+                query.get("run", [None])[0],
             )
             self._send(HTTPStatus.OK, body, "application/json", extra)
         elif path == "/metrics":

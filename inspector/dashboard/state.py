@@ -530,8 +530,14 @@ class DashboardState:
         epoch_seen: str | None = None,
         queue: dict[str, Any] | None = None,
         source: dict[str, Any] | None = None,
+        run_seen: str | None = None,
     ) -> dict[str, Any]:
-        """The state as JSON-ready data (docs/DASHBOARD.md); bars newer than `since` only."""
+        """The state as JSON-ready data (docs/DASHBOARD.md).
+
+        The timeline holds only the bars newer than `since`, when the page asking has the
+        rest: it saw version `since` of this server (`epoch_seen`) and of this run
+        (`run_seen`). Otherwise it holds every bar kept.
+        """
         run = self.shown_run()
         consumers = queue.get("consumers") if queue else None
         status = self.worker_status(now, consumers if isinstance(consumers, int) else None)
@@ -554,7 +560,7 @@ class DashboardState:
             "workers_hidden": len(self.workers) - len(workers),
             "queue": queue,
             "failures": [_failure_json(x) for x in reversed(run.failures)] if run else [],
-            "timeline": self._timeline_json(run, since, epoch_seen),
+            "timeline": self._timeline_json(run, since, epoch_seen, run_seen),
         }
 
     def _shown(self, w: WorkerView, status: str, run: RunView | None) -> bool:
@@ -625,12 +631,19 @@ class DashboardState:
             "last_end_at": iso(run.last_end),
         }
 
-    def _timeline_json(self, run: RunView | None, since: int, epoch_seen: str | None) -> dict:
+    def _timeline_json(
+        self, run: RunView | None, since: int, epoch_seen: str | None, run_seen: str | None
+    ) -> dict[str, Any]:
         if run is None or run.origin is None:
             return {"run": None, "origin": None, "full": True, "bars": [], "kept": TIMELINE_BARS}
         # The page's copy is whole unless it comes from another server or run, or it missed
         # bars that were dropped meanwhile: then it gets every bar kept.
-        full = since <= 0 or epoch_seen != self.epoch or since < run.dropped_seq
+        full = (
+            since <= 0
+            or epoch_seen != self.epoch
+            or (run_seen is not None and run_seen != run.run_id)
+            or since < run.dropped_seq
+        )
         origin = run.origin
         bars = []
         for seq, worker, row, start, end, outcome in reversed(run.bars):

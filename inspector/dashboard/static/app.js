@@ -48,6 +48,7 @@
     try {
       let url = `api/state?since=${tl.since}`;
       if (tl.epoch) url += `&epoch=${encodeURIComponent(tl.epoch)}`;
+      if (tl.run) url += `&run=${encodeURIComponent(tl.run)}`;
       const res = await fetch(url, { cache: "no-store", credentials: "same-origin" });
       if (!res.ok) throw new Error(`the server answered ${res.status}`);
       const s = await res.json();
