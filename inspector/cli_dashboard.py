@@ -46,7 +46,11 @@ from utils.options import broker_options, handle_errors, make_settings
     help="Require a token, made now and printed once in the URL (env TASK_DASHBOARD_TOKEN=1).",
 )
 @click.option(
-    "--run", "run_id", metavar="ID", help="Show this run. [default: follow the latest one]"
+    "--run",
+    "run_id",
+    metavar="ID",
+    envvar="TASK_DASHBOARD_RUN",
+    help="Show this run (env TASK_DASHBOARD_RUN). [default: follow the latest one]",
 )
 @click.option(
     "--management-url",

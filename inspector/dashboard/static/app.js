@@ -275,6 +275,11 @@
       ctx.fillText(name.length > 18 ? `${name.slice(0, 17)}\u2026` : name, 4, y + LANE / 2);
       layout.perLane.set(i, []);
     }
+    if (!tl.bars.length && !running.length) {
+      ctx.fillStyle = "#67707a";
+      ctx.fillText(tl.run ? "no task has started yet" : "waiting for a run", NAME_W, AXIS / 2);
+      return;
+    }
     // The axis under the bars: a few round ticks, in seconds from the run's start.
     ctx.fillStyle = "#67707a";
     ctx.strokeStyle = "#e3e6ea";
