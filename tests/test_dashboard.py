@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -345,14 +345,21 @@ def test_loopback_addresses_are_told_from_others() -> None:
 
 # -- the command ------------------------------------------------------------------------------------
 def non_loopback_address() -> str:
-    """An address of this machine that is not loopback, else the wildcard."""
+    """An address of this machine that is not loopback (from `ip`), else the wildcard.
+
+    Only asked, never sent to: the dashboard refuses before it binds.
+    """
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # UDP: no packet is sent; only picks the route
-            addr = s.getsockname()[0]
+        out = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show", "scope", "global"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except OSError:
         return "0.0.0.0"
-    return "0.0.0.0" if addr.startswith("127.") else addr
+    found = re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
+    return found[0] if found else "0.0.0.0"
 
 
 def dashboard_env(tmp_path: Path) -> dict[str, str]:
