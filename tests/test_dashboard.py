@@ -22,7 +22,7 @@ from inspector.dashboard import state as state_mod
 from inspector.dashboard.server import Dashboard, is_loopback, make_server
 from inspector.dashboard.sources import LogTail
 from inspector.dashboard.state import DashboardState, TaskSet
-from tests.helpers import BIN, ROOT, no_traceback, wait_for
+from tests.helpers import BIN, ROOT, no_traceback, run, wait_for
 from utils.logformat import format_event
 
 RUN = "20261127T100000-ab12"
@@ -372,12 +372,8 @@ def dashboard_env(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("bind", ["0.0.0.0", "non-loopback"])
 def test_binding_beyond_loopback_without_a_token_is_refused(tmp_path: Path, bind: str) -> None:
     address = non_loopback_address() if bind == "non-loopback" else bind
-    r = subprocess.run(
-        [str(BIN / "tasks"), "dashboard", "--bind", address, "--port", str(PORT)],
-        env=dashboard_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=30,
+    r = run(
+        "tasks", "dashboard", "--bind", address, "--port", str(PORT), env=dashboard_env(tmp_path)
     )
     assert r.returncode == 2, r.stderr
     assert f"error: --bind {address} would show the dashboard" in r.stderr
@@ -436,13 +432,7 @@ def test_ctrl_c_stops_it_cleanly_and_a_taken_port_is_an_error(tmp_path: Path) ->
     try:
         assert d.url.startswith("http://127.0.0.1:") and d.token is None
         wait_for("the page", lambda: get(d.local + "/")[0] == 200)
-        again = subprocess.run(
-            [str(BIN / "tasks"), "dashboard", "--port", str(d.port)],
-            env=dashboard_env(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        again = run("tasks", "dashboard", "--port", str(d.port), env=dashboard_env(tmp_path))
         assert again.returncode == 2, again.stderr
         assert f"error: port {d.port} on 127.0.0.1 is in use" in again.stderr
         assert no_traceback(again.stderr)
