@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from inspector.cli_queue import management_url_option
 from inspector.dashboard.server import (
     Dashboard,
     QueueWatch,
@@ -52,13 +53,7 @@ from utils.options import broker_options, handle_errors, make_settings
     envvar="TASK_DASHBOARD_RUN",
     help="Show this run (env TASK_DASHBOARD_RUN). [default: follow the latest one]",
 )
-@click.option(
-    "--management-url",
-    envvar="TASK_MANAGEMENT_URL",
-    metavar="URL",
-    help="The management API, for unacked counts and rates (env TASK_MANAGEMENT_URL). "
-    "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
-)
+@management_url_option
 @broker_options
 @handle_errors
 def dashboard(
