@@ -4,13 +4,14 @@ dashboard's tests, its benchmark and docs/dashboard.png.
 Chromium here needs a fresh profile and its background services off, or it stalls trying
 to reach the network; `scripts/browser` installs it (as root with apt) when it is missing.
 
-    python -m bench.browser screenshot URL FILE [--when JS] [--timeout S]
+    python -m bench.browser screenshot URL FILE [--ready JS --then CMD] [--when JS]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -95,15 +96,33 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0) -> An
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
-def screenshot(url: str, out: Path, when: str = "true", timeout: float = 120.0) -> None:
-    """Open url, wait until the JS expression `when` is true, save a PNG of the page."""
+def screenshot(
+    url: str, out: Path, when: str = "true", timeout: float = 120.0, ready: str = "", then: str = ""
+) -> None:
+    """Open url; once the JS expression `ready` holds, run the shell command `then`; once
+    `when` holds, save a PNG of the page (and wait for `then` to finish)."""
     with chromium() as driver:
         driver.get(url)
-        wait_until(
-            f"the page to satisfy {when}", lambda: driver.execute_script(f"return {when}"), timeout
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(out))
+        started = None
+        if ready:
+            wait_until(
+                f"the page to satisfy {ready}",
+                lambda: driver.execute_script(f"return {ready}"),
+                timeout,
+            )
+        if then:
+            started = subprocess.Popen(then, shell=True)
+        try:
+            wait_until(
+                f"the page to satisfy {when}",
+                lambda: driver.execute_script(f"return {when}"),
+                timeout,
+            )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(out))
+        finally:
+            if started is not None and started.wait(timeout) != 0:
+                raise AssertionError(f"'{then}' exited with {started.returncode}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     shot.add_argument("out", type=Path)
     shot.add_argument("--when", default="true", help="a JS expression to wait for")
     shot.add_argument("--timeout", type=float, default=120.0)
+    shot.add_argument("--ready", default="", help="a JS expression to wait for before --then")
+    shot.add_argument("--then", default="", help="a shell command to run once --ready holds")
     args = parser.parse_args(argv)
     try:
-        screenshot(args.url, args.out, args.when, args.timeout)
+        screenshot(args.url, args.out, args.when, args.timeout, args.ready, args.then)
     except (BrowserMissing, AssertionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
