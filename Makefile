@@ -2,6 +2,7 @@
 # make test  - set up what is missing, then lint and the whole test suite on a real broker
 # make test-rabbitmq4 - the whole suite again, on RabbitMQ 4 (from a Debian 13 root)
 # make bench - throughput, fair dispatch and memory against baselines (docs/BENCHMARKS.md)
+# make dashboard-png - docs/dashboard.png: the dashboard mid-run, in headless chromium
 SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,8 @@ RMQ4_TEST_BROKER_PORT ?= 6673
 RMQ4_TEST_NODE_PORT ?= 6690
 RMQ4_TEST_CLUSTER_PORT ?= 6811
 
-.PHONY: help setup demo test test-rabbitmq4 bench lint format broker-up broker-down broker-status clean
+.PHONY: help setup demo test test-rabbitmq4 bench lint format broker-up broker-down broker-status \
+	browser dashboard-png clean
 
 help:
 	@echo "make demo         the tour: broker, 3 workers, emit tasks.csv, report"
@@ -24,6 +26,7 @@ help:
 	@echo "make broker-up    start the local RabbitMQ (BROKER_PORT=$(BROKER_PORT))"
 	@echo "make broker-down  stop it"
 	@echo "make lint         ruff and mypy"
+	@echo "make dashboard-png  docs/dashboard.png, the dashboard mid-run (needs chromium)"
 
 # Re-run the install only when the project's dependencies change.
 $(STAMP): pyproject.toml requirements.txt scripts/setup
@@ -71,15 +74,23 @@ format: $(STAMP)
 	@$(BIN)/ruff check --fix .
 	@$(BIN)/ruff format .
 
-test: lint
+# Debian's chromium for the dashboard's browser test; without it that test fails, saying why.
+browser:
+	@scripts/browser || echo "make: going on without chromium; tests/test_dashboard_browser.py will fail" >&2
+
+test: lint browser
 	@$(BIN)/pytest
 
 # The first run builds the Debian 13 root RabbitMQ 4 runs from (about 1.5 min, once a machine).
-test-rabbitmq4: $(STAMP)
+test-rabbitmq4: $(STAMP) browser
 	@BROKER_RABBITMQ=4 scripts/broker install
 	@BROKER_RABBITMQ=4 TEST_BROKER_PORT=$(RMQ4_TEST_BROKER_PORT) \
 	  TEST_NODE_PORT=$(RMQ4_TEST_NODE_PORT) TEST_CLUSTER_PORT=$(RMQ4_TEST_CLUSTER_PORT) \
 	  $(BIN)/pytest
+
+dashboard-png: $(STAMP) broker-up
+	@scripts/browser
+	@scripts/dashboard-png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from inspector.cli_dashboard import dashboard
 from inspector.cli_dead import dead
 from inspector.cli_queue import purge, status
 from inspector.cli_report import report, wait
@@ -22,3 +23,4 @@ main.add_command(wait)
 main.add_command(status)
 main.add_command(purge)
 main.add_command(dead)
+main.add_command(dashboard)

@@ -81,8 +81,17 @@ def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
 def _describe(props: Any, body: bytes) -> str:
     """One line for a dead letter: row, task id, reason and the start of its body."""
     tid, row, _run = delivery_ids(props, body)
+    if not props.message_id:
+        tid = "- (no message id: another tool published it)"
     reason = (props.headers or {}).get(H_REASON, "?")
     if isinstance(reason, bytes):
         reason = reason.decode("utf-8", "replace")
-    text = body.decode("utf-8", "backslashreplace")
-    return f"  row {row if row is not None else '-'}  task {tid}  reason: {reason}  body: {shorten(text)!r}"
+    return f"  row {row if row is not None else '-'}  task {tid}  reason: {reason}  body: {_readable(body)}"
+
+
+def _readable(body: bytes) -> str:
+    """The start of a body in quotes, bytes that are not text escaped once: '\\xff\\xfe ..'."""
+    text = shorten(body.decode("utf-8", "backslashreplace"))
+    # backslashreplace already wrote \xff for bad bytes; escape only control characters.
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return f"'{shown}'"

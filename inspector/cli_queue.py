@@ -19,10 +19,8 @@ from utils.settings import Settings, url_host
 #: Seconds between refreshes of `tasks status --watch`.
 WATCH_EVERY = 1.0
 
-
-@click.command()
-@broker_options
-@click.option(
+#: --management-url, for the commands that ask the management API (status, report).
+management_url_option = click.option(
     "--management-url",
     envvar="TASK_MANAGEMENT_URL",
     cls=EnvOption,
@@ -30,6 +28,11 @@ WATCH_EVERY = 1.0
     help="The management API. "
     "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
 )
+
+
+@click.command()
+@broker_options
+@management_url_option
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl+C.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
 @handle_errors

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from inspector import timeline
-from inspector.analysis import RunSummary, summarise_run
-from inspector.render import render_text, report_csv, report_json
+from inspector.analysis import RunSummary, summarise_run, summarise_untracked
+from inspector.cli_queue import management_url_option
+from inspector.render import (
+    render_text,
+    render_untracked,
+    report_csv,
+    report_json,
+)
 from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
+from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo
-from utils.options import handle_errors
+from utils.options import broker_options, handle_errors, make_settings
 from utils.plural import plural
+from utils.settings import DEFAULT_QUEUE, Settings
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
 SKIPPED_SHOWN = 10
+#: Seconds the report gives the management API to count deliveries it has not counted yet
+#: (its statistics are collected every 5 s by default).
+MANAGEMENT_LAG = 6.0
 
 
 def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> list[Run]:
@@ -48,7 +62,7 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
 
 
 @click.command()
-@click.argument("log_dir", type=LOG_DIR, default=Path("logs"), envvar="TASK_LOG_DIR")
+@click.argument("folder", metavar="[LOG_DIR]", type=LOG_DIR, required=False)
 @click.option("--run", "run_id", metavar="ID", help="Report on this run. [default: the latest]")
 @click.option("--all", "every", is_flag=True, help="Report on every run in the logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON (docs/REPORT.md).")
@@ -59,21 +73,37 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
     metavar="FILE.png|FILE.svg|-",
     help="Draw a Gantt chart of the run to FILE; '-' prints a text timeline instead.",
 )
+@click.option(
+    "--logs-only",
+    is_flag=True,
+    help="Do not ask the broker where the tasks not done are; judge from the logs alone.",
+)
+@management_url_option
+@broker_options
 @handle_errors
 def report(
-    log_dir: Path,
+    folder: Path | None,
     run_id: str | None,
     every: bool,
     as_json: bool,
     as_csv: bool,
     timeline_to: str | None,
+    logs_only: bool,
+    management_url: str | None,
+    urls: tuple[str, ...],
+    queue: str,
+    queue_type: str,
+    log_dir: Path,
 ) -> None:
     """Which worker did which task of a run, and whether any task was lost or run twice.
 
-    Reads LOG_DIR (default logs/): the emitter's log and every worker's, rotated files
-    too. Lines it cannot read are named on stderr and skipped. Exits 1 when a task of a
-    run shown was never done.
+    Reads LOG_DIR (default: --log-dir, logs/): the emitter's log and every worker's,
+    rotated files too. Lines it cannot read are named on stderr and skipped. For the
+    tasks not done, it asks the broker (--url) whether they wait in the queue, are in
+    progress, or were taken by another consumer. Exits 1 when a task of a run shown is
+    missing: neither done, in the queue, in progress, dead-lettered, nor taken elsewhere.
     """
+    log_dir = folder or log_dir
     if as_json and as_csv:
         raise BadInput("--json and --csv cannot be combined", "pick one")
     if (
@@ -87,18 +117,32 @@ def report(
         )
     logs = read_logs(log_dir)
     runs = _pick_runs(logs, log_dir, run_id, every)
-    pairs = [(r, summarise_run(r)) for r in runs]
+    every_run = [(r, summarise_run(r, logs.workers)) for r in all_runs(logs)]
+    by_id = {r.run_id: s for r, s in every_run}
+    pairs = [(r, by_id[r.run_id]) for r in runs]
+    settings = make_settings(urls, queue, queue_type, log_dir)
+    wheres = _whereabouts(
+        logs, pairs, every_run, None if logs_only else settings, management_url, as_json or as_csv
+    )
+    # From here on, "missing" is the judgement with the broker's counts, not the logs' alone.
+    shown = [
+        (r, replace(s, audit=replace(s.audit, missing=w.missing)), w)
+        for (r, s), w in zip(pairs, wheres, strict=True)
+    ]
+    pairs = [(r, s) for r, s, _w in shown]
+    untracked = summarise_untracked(logs.untracked)
+    position = ""
+    if not run_id and not every and len(every_run) > 1:
+        position = f"the latest of {len(every_run)} in {log_dir}/"
     if as_json:
-        click.echo(json.dumps(report_json(log_dir, pairs, logs.skipped), indent=2))
+        doc = report_json(log_dir, shown, logs.skipped, len(every_run), untracked)
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     elif as_csv:
         click.echo(report_csv(pairs), nl=False)
     else:
-        for i, (r, s) in enumerate(pairs):
-            if i:
-                click.echo("\n" + "-" * 72 + "\n")
-            click.echo(render_text(r, s))
-            if timeline_to == "-":
-                click.echo("\n" + timeline.text_timeline(s))
+        _echo_text(shown, position, timeline_to == "-")
+        if render_untracked(untracked):
+            click.echo("\n" + render_untracked(untracked))
     if timeline_to and timeline_to != "-":
         _draw(pairs[-1][1], Path(timeline_to), quiet=as_json or as_csv)
     elif timeline_to == "-" and (as_json or as_csv):
@@ -106,6 +150,46 @@ def report(
     _name_skipped(logs)
     if any(s.audit.missing for _r, s in pairs):
         raise SystemExit(int(ExitCode.NOTHING_DONE))
+
+
+def _whereabouts(
+    logs: LogSet,
+    pairs: list[tuple[Run, RunSummary]],
+    every_run: list[tuple[Run, RunSummary]],
+    settings: Settings | None,
+    management_url: str | None,
+    quiet: bool,
+) -> list[Whereabouts]:
+    """Where each shown run's tasks not done are; settings None: from the logs alone."""
+    if settings is None:
+        return locate(pairs, every_run, logs, None, DEFAULT_QUEUE)
+    queues = sorted({queue_of(r, settings.queue) for r, _s in pairs})
+    view = look(settings, queues, set(logs.workers), management_url)
+    wheres = locate(pairs, every_run, logs, view, settings.queue)
+    # The management API counts deliveries every 5 s: tasks another consumer took just now
+    # look missing until it has. Ask again for a few seconds before calling them missing.
+    if view.management and any(w.missing for w in wheres):
+        if not quiet:
+            click.echo("checking again: the management API's counts lag by up to 5 s", err=True)
+        deadline = time.monotonic() + MANAGEMENT_LAG
+        while any(w.missing for w in wheres) and time.monotonic() < deadline:
+            time.sleep(1.0)
+            view = look(settings, queues, set(logs.workers), management_url)
+            wheres = locate(pairs, every_run, logs, view, settings.queue)
+    return wheres
+
+
+def _echo_text(
+    shown: list[tuple[Run, RunSummary, Whereabouts]], position: str, text_timeline: bool
+) -> None:
+    # On a terminal, prose wraps at words to its width; through a pipe, lines stay whole.
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    for i, (r, s, w) in enumerate(shown):
+        if i:
+            click.echo("\n" + "-" * 72 + "\n")
+        click.echo(render_text(r, s, w, position, width))
+        if text_timeline:
+            click.echo("\n" + timeline.text_timeline(s))
 
 
 def _draw(s: RunSummary, path: Path, quiet: bool) -> None:
@@ -155,6 +239,6 @@ def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise NothingToDo(
                 f"gave up after {timeout:g} s: tasks of the run are still not done",
-                "are workers running? 'tasks report' shows which rows are missing",
+                "are workers running? 'tasks report' says where the tasks not done are",
             )
         time.sleep(0.1)

@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from inspector.analysis import Audit, Figures, Redelivery, RunSummary
+from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary, times
 from inspector.runs import Run, Skipped
+from inspector.whereabouts import Whereabouts
 
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
-JSON_SCHEMA = 1
+JSON_SCHEMA = 2
 #: Body characters shown in the per-task table.
-BODY_COLUMN = 24
+BODY_COLUMN = 20
+#: Worker-name characters shown in the per-task table.
+WORKER_COLUMN = 14
+#: How the per-task table marks a delivery that did not end in done.
+OUTCOME_NOTES = {"requeued": "given back"}
 
 
 def _rows_text(rows: list[int], limit: int = 12) -> str:
@@ -38,61 +45,132 @@ def _iso(ts: datetime | None) -> str | None:
 
 def _ratio_text(f: Figures, figure: float) -> str:
     r = f.ratio(figure)
-    return f" ({r:.2f}x)" if r is not None else ""
+    return f" ({times(r)})" if r is not None else ""
 
 
-def render_text(run: Run, s: RunSummary) -> str:
-    """The report as a person reads it."""
+def _plural(n: int, word: str, words: str = "") -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def render_text(
+    run: Run,
+    s: RunSummary,
+    w: Whereabouts | None = None,
+    position: str = "",
+    width: int | None = None,
+) -> str:
+    """The report as a person reads it.
+
+    position: "the latest of 5 in logs/" when the run was picked from several. width: the
+    terminal's columns, to wrap prose at words and cut the rows column (None: no limit).
+    """
     e = run.emitted
     status = "" if run.emit_status == "done" else f" [emit {run.emit_status}]"
-    lines = [
-        f"run {s.run_id}: {s.audit.emitted} tasks from {e.get('source', '?')} "
-        f"to queue {e.get('queue', '?')} (order: {s.figures.order}){status}",
+    what = (
+        f"{s.audit.emitted} tasks from {e.get('source', '?')} "
+        f"to queue {e.get('queue', '?')} (order: {s.figures.order}){status}"
+    )
+    head = (
+        [f"run {s.run_id}, {position} (--all for every run, --run ID for one)", what]
+        if position
+        else [f"run {s.run_id}: {what}"]
+    )
+    table = [
         "",
         f"{'worker':<20} {'tasks':>5} {'busy s':>7} {'util':>5} {'first start':>12} "
         f"{'last end':>12}  rows",
     ]
-    for w in s.workers:
-        lines.append(
-            f"{w.name[:20]:<20} {w.tasks:>5} {w.busy:>7.2f} {w.utilisation:>5.0%} "
-            f"{_clock(w.first_start):>12} {_clock(w.last_end):>12}  {_rows_text(w.rows)}"
+    for wk in s.workers:
+        cells = (
+            f"{wk.name[:20]:<20} {wk.tasks:>5} {wk.busy:>7.2f} {wk.utilisation:>5.0%} "
+            f"{_clock(wk.first_start):>12} {_clock(wk.last_end):>12}  "
         )
-    lines += [
+        table.append(cells + _rows_fit(wk.rows, width - len(cells) if width else None))
+    table += [
         "",
-        f"{'row':>4}  {'body':<{BODY_COLUMN}} {'worker':<16} {'start':>12} {'end':>12} "
-        f"{'secs':>6} {'att':>3}  redelivered",
+        f"{'row':>4}  {'body':<{BODY_COLUMN}} {'worker':<{WORKER_COLUMN}} {'start':>12} "
+        f"{'secs':>6} {'att':>3}  notes",
     ]
+    held = set(w.active) if w is not None else set()
     for t in s.tasks:
         for a in t.attempts:
             secs = f"{a.seconds:.2f}" if a.seconds is not None else "-"
-            note = "" if a.outcome == "done" else f"  ({a.outcome})"
+            outcome = a.outcome
+            if outcome == "unfinished" and a is t.attempts[-1] and t.row in held:
+                outcome = "in progress"
+            notes = ["redelivered"] if a.redelivered else []
+            if outcome != "done":
+                notes.append(f"({OUTCOME_NOTES.get(outcome, outcome)})")
             body = t.body if len(t.body) <= BODY_COLUMN else t.body[: BODY_COLUMN - 1] + "…"
-            lines.append(
+            table.append(
                 f"{t.row if t.row is not None else '-':>4}  {body:<{BODY_COLUMN}} "
-                f"{a.worker[:16]:<16} {_clock(a.start):>12} {_clock(a.end):>12} {secs:>6} "
-                f"{a.attempt:>3}  {'yes' if a.redelivered else 'no'}{note}"
+                f"{a.worker[:WORKER_COLUMN]:<{WORKER_COLUMN}} {_clock(a.start):>12} {secs:>6} "
+                f"{a.attempt:>3}  {' '.join(notes)}".rstrip()
             )
+    prose: list[str] = []
     f = s.figures
     if f.makespan:
-        lines += [
+        crew = _plural(f.workers, "worker")
+        if f.busy_workers != f.workers:
+            crew += f" ({f.busy_workers} finished tasks: the schedules are for {f.busy_workers})"
+        prose += [
             "",
-            f"makespan {f.makespan:.2f} s with {f.workers} worker(s); "
-            f"lower bound {f.lower_bound:.2f} s{_ratio_text(f, f.lower_bound)}",
-            f"greedy schedule for the emitted order {f.greedy:.2f} s{_ratio_text(f, f.greedy)}; "
-            f"LPT {f.lpt:.2f} s{_ratio_text(f, f.lpt)}; "
-            f"round robin (no prefetch limit) {f.round_robin:.2f} s{_ratio_text(f, f.round_robin)}",
+            f"makespan{' so far' if w is not None and w.running else ''} {f.makespan:.2f} s "
+            f"with {crew}, against:",
+            f"  lower bound {f.lower_bound:.2f} s{_ratio_text(f, f.lower_bound)}",
+            f"  greedy schedule for the emitted order {f.greedy:.2f} s{_ratio_text(f, f.greedy)}",
+            f"  LPT {f.lpt:.2f} s{_ratio_text(f, f.lpt)}",
+            f"  round robin (no prefetch limit) {f.round_robin:.2f} s"
+            f"{_ratio_text(f, f.round_robin)}",
             s.verdict,
         ]
-    lines += ["", *render_audit(s.audit)]
-    return "\n".join(lines)
+    prose += ["", *render_audit(s, w)]
+    steps = next_steps(run, s, w)
+    if steps:
+        prose += ["", *(f"next: {step}" for step in steps)]
+    return "\n".join([*_wrap(head, width), *table, *_wrap(prose, width)])
 
 
-def render_audit(au: Audit) -> list[str]:
-    """The audit lines: done once, more than once (with cause), missing, dead-lettered."""
+def _wrap(lines: list[str], width: int | None) -> list[str]:
+    """Prose lines wrapped at words to width, continuing one step further in."""
+    if not width:
+        return lines
+    out = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip()))
+        out += textwrap.wrap(
+            line,
+            width,
+            subsequent_indent=indent + "  ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        ) or [""]
+    return out
+
+
+def _rows_fit(rows: list[int], room: int | None) -> str:
+    """The rows column, shortened with … to fit room characters (None: the first 12)."""
+    text = _rows_text(rows)
+    if room is None or len(text) <= room:
+        return text
+    shown = sorted(rows)
+    while shown:
+        shown.pop()
+        cut = ", ".join(str(r) for r in shown) + ", …"
+        if len(cut) <= room:
+            return cut
+    return "…"
+
+
+def render_audit(s: RunSummary, w: Whereabouts | None = None) -> list[str]:
+    """The audit lines: done once, more than once (with cause), where the rest are."""
+    au = s.audit
     lines = [
         f"audit: {au.emitted} emitted, {len(au.once)} done once, {len(au.duplicates)} done "
         f"more than once, {len(au.missing)} missing, {len(au.dead)} dead-lettered"
     ]
+    if w is not None:
+        lines += [f"  {x}" for x in _whereabouts_lines(w)]
     for d in au.duplicates:
         lines.append(
             f"  duplicate: row {d.row} ({d.task_id}) done {d.times_done} times "
@@ -104,11 +182,117 @@ def render_audit(au: Audit) -> list[str]:
             f"done {d.times_done} time(s): {d.cause}"
         )
     if au.missing:
-        lines.append(f"  missing rows: {_rows_text(au.missing, 30)}")
+        why = (
+            " (neither done, in the queue, in progress nor dead-lettered)"
+            if w is not None and w.judged_from == "broker"
+            else ""
+        )
+        lines.append(f"  missing rows: {_rows_text(au.missing, 30)}{why}")
     if au.dead:
         dead = [r for r in au.dead if r is not None]
         lines.append(f"  dead-lettered rows: {_rows_text(dead, 30)}")
     return lines
+
+
+def _whereabouts_lines(w: Whereabouts) -> list[str]:
+    """Where the tasks not done are: the broker's counts, or why they are unknown."""
+    if w.judged_from == "logs":
+        lines = [w.note]
+        if w.in_progress:
+            lines.append(f"in progress, as the logs show: {_plural(w.in_progress, 'task')}")
+        if w.missing:
+            lines.append("without the broker, a task still waiting in the queue looks missing")
+        return lines
+    if not (w.running or w.left or w.dead_unlogged):
+        return []  # everything is done or dead-lettered: the queue has nothing to add
+    lines = []
+    q = w.queue
+    if q is not None:
+        others = (
+            f" ({w.foreign_consumers} not {'a worker' if w.foreign_consumers == 1 else 'workers'}"
+            " of these logs)"
+            if w.foreign_consumers
+            else ""
+        )
+        unacked = "unknown" if q.unacked is None else str(q.unacked)
+        dead = "none" if q.dead is None else str(q.dead)
+        lines.append(
+            f"queue {q.name} now: ready {q.ready}, unacked {unacked}, "
+            f"{_plural(q.consumers, 'consumer')}{others}; dead letters {dead}"
+        )
+    if w.note:
+        lines.append(w.note)
+    if w.running:
+        busy = w.in_progress + w.in_progress_elsewhere
+        elsewhere = (
+            f" ({w.in_progress_elsewhere} by consumers that write no log here)"
+            if w.in_progress_elsewhere
+            else ""
+        )
+        lines.append(
+            f"run in progress: waiting {w.waiting}, in progress {busy}{elsewhere}, done {w.done}"
+        )
+        if w.unpublished:
+            lines.append(
+                f"emit has not logged its end: {_plural(w.unpublished, 'task')} not seen yet "
+                "may not be published yet (if emit was killed, they never will be)"
+            )
+    if w.dead_unlogged:
+        lines.append(
+            f"{_plural(w.dead_unlogged, 'task')} in the dead-letter queue with no "
+            "dead_lettered line here (the broker's delivery limit, or a worker elsewhere)"
+        )
+    if w.taken_elsewhere:
+        n = len(w.left)
+        lines.append(
+            f"{_plural(n, 'task')} left the queue without a done event in these logs: another "
+            "consumer (the tutorial's worker.py, amqp-get) or a worker on another machine "
+            f"took {'it' if n == 1 else 'them'} ({w.evidence}); rows {_rows_text(w.left, 30)}"
+        )
+    elif w.left and w.evidence:
+        lines.append(f"no other consumer accounts for the missing rows: {w.evidence}")
+    return lines
+
+
+def next_steps(run: Run, s: RunSummary, w: Whereabouts | None) -> list[str]:
+    """What to do next, when there is something to do."""
+    steps = []
+    if w is not None and w.running:
+        if w.queue is not None and w.waiting and not w.queue.consumers:
+            steps.append("no worker is consuming the queue: start one with 'work'")
+        if w.waiting or w.in_progress:
+            steps.append("'tasks wait' returns once every task is done; then 'tasks report' again")
+        if w.in_progress_elsewhere:
+            steps.append(
+                f"{_plural(w.in_progress_elsewhere, 'task')} held by another consumer will not "
+                "show as done in these logs"
+            )
+    if s.audit.missing:
+        if w is None or w.judged_from == "logs":
+            steps.append("if no worker is running, start one with 'work': it takes what waits")
+        steps.append(_resend(run, s.audit.missing))
+    if s.audit.dead:
+        steps.append("'tasks dead' lists the dead letters; 'tasks dead --requeue' retries them")
+    return steps
+
+
+def _resend(run: Run, rows: list[int]) -> str:
+    """The emit commands that send rows again, one per run of consecutive rows."""
+    source = run.emitted.get("source")
+    if not source or source in ("-", "--message"):
+        return "to send the missing tasks again, run 'emit' with them"
+    spans: list[list[int]] = []
+    for r in sorted(rows):
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    cmds = [f"'emit {source} --start-row {a} --limit {b - a + 1}'" for a, b in spans[:3]]
+    more = f" and {len(spans) - 3} more" if len(spans) > 3 else ""
+    return (
+        f"to send the missing rows again: {', '.join(cmds)}{more} "
+        "(with the options of the first emit)"
+    )
 
 
 def _redelivery_json(d: Redelivery) -> dict[str, Any]:
@@ -121,7 +305,40 @@ def _redelivery_json(d: Redelivery) -> dict[str, Any]:
     }
 
 
-def run_json(run: Run, s: RunSummary) -> dict[str, Any]:
+def _whereabouts_json(w: Whereabouts | None) -> dict[str, Any] | None:
+    if w is None:
+        return None
+    q = w.queue
+    return {
+        "judged_from": w.judged_from,
+        "note": w.note,
+        "running": w.running,
+        "done": w.done,
+        "waiting": w.waiting,
+        "in_progress": w.in_progress,
+        "in_progress_elsewhere": w.in_progress_elsewhere,
+        "dead_unlogged": w.dead_unlogged,
+        "unpublished": w.unpublished,
+        "left_queue": w.left,
+        "taken_elsewhere": w.taken_elsewhere,
+        "evidence": w.evidence,
+        "queue": None
+        if q is None
+        else {
+            "name": q.name,
+            "exists": q.exists,
+            "ready": q.ready,
+            "unacked": q.unacked,
+            "consumers": q.consumers,
+            "consumers_not_in_logs": w.foreign_consumers,
+            "dead": q.dead,
+        },
+    }
+
+
+def run_json(
+    run: Run, s: RunSummary, w: Whereabouts | None = None, steps: list[str] | None = None
+) -> dict[str, Any]:
     """One run's facts as plain data (the layout is documented in docs/REPORT.md)."""
     f, au = s.figures, s.audit
     return {
@@ -133,6 +350,7 @@ def run_json(run: Run, s: RunSummary) -> dict[str, Any]:
         "republished": run.republished,
         "figures": {
             "workers": f.workers,
+            "busy_workers": f.busy_workers,
             "makespan": round(f.makespan, 3),
             "lower_bound": round(f.lower_bound, 3),
             "greedy": round(f.greedy, 3),
@@ -146,15 +364,16 @@ def run_json(run: Run, s: RunSummary) -> dict[str, Any]:
         },
         "workers": [
             {
-                "name": w.name,
-                "tasks": w.tasks,
-                "rows": sorted(w.rows),
-                "busy_seconds": round(w.busy, 3),
-                "utilisation": round(w.utilisation, 4),
-                "first_start": _iso(w.first_start),
-                "last_end": _iso(w.last_end),
+                "name": wk.name,
+                "tasks": wk.tasks,
+                "rows": sorted(wk.rows),
+                "busy_seconds": round(wk.busy, 3),
+                "own_seconds": round(wk.span, 3),
+                "utilisation": round(wk.utilisation, 4),
+                "first_start": _iso(wk.first_start),
+                "last_end": _iso(wk.last_end),
             }
-            for w in s.workers
+            for wk in s.workers
         ],
         "tasks": [
             {
@@ -193,6 +412,8 @@ def run_json(run: Run, s: RunSummary) -> dict[str, Any]:
             "dead_lettered": au.dead,
             "ok": au.ok,
         },
+        "whereabouts": _whereabouts_json(w),
+        "next": steps or [],
     }
 
 
@@ -200,13 +421,75 @@ def _round(x: float | None) -> float | None:
     return round(x, 4) if x is not None else None
 
 
-def report_json(log_dir: Path, pairs: list[tuple[Run, RunSummary]], skipped: list[Skipped]) -> dict:
-    """The whole --json document: the runs shown and the lines skipped."""
+def report_json(
+    log_dir: Path,
+    shown: Sequence[tuple[Run, RunSummary, Whereabouts | None]],
+    skipped: list[Skipped],
+    runs_in_logs: int,
+    untracked: UntrackedSummary,
+) -> dict:
+    """The whole --json document: the runs shown, untracked messages, the lines skipped."""
     return {
         "schema": JSON_SCHEMA,
         "log_dir": str(log_dir),
-        "runs": [run_json(r, s) for r, s in pairs],
+        "runs_in_logs": runs_in_logs,
+        "runs": [run_json(r, s, w, next_steps(r, s, w)) for r, s, w in shown],
+        "untracked": untracked_json(untracked),
         "skipped": [{"file": k.file, "line": k.line, "why": k.why} for k in skipped],
+    }
+
+
+def render_untracked(u: UntrackedSummary) -> str:
+    """One line about the messages other tools published (no run id), or '' if none."""
+    if not u.deliveries:
+        return ""
+    by = ", ".join(f"{name} {n}" for name, n in sorted(u.done_by.items()))
+    parts = [f"{u.done} done" + (f" ({by})" if by else "")]
+    if u.failed:
+        parts.append(f"{u.failed} failed")
+    if u.given_back:
+        parts.append(f"{u.given_back} given back by a cold stop")
+    if u.unfinished:
+        parts.append(f"{u.unfinished} unfinished")
+    text = (
+        "untracked messages (published by other tools, with no run id): "
+        f"{_plural(u.deliveries, 'delivery', 'deliveries')}, {', '.join(parts)}"
+    )
+    if u.redeliveries:
+        text += (
+            f"; {u.redeliveries} of the deliveries were redeliveries, which may repeat a "
+            "message counted already"
+        )
+    return text
+
+
+def untracked_json(u: UntrackedSummary) -> dict[str, Any]:
+    """The untracked messages as plain data."""
+    return {
+        "deliveries": u.deliveries,
+        "done": u.done,
+        "failed": u.failed,
+        "given_back": u.given_back,
+        "unfinished": u.unfinished,
+        "redeliveries": u.redeliveries,
+        "done_by": u.done_by,
+        "tasks": [
+            {
+                "task": t.task_id,
+                "body": t.body,
+                "history": [
+                    {
+                        "worker": a.worker,
+                        "start": _iso(a.start),
+                        "end": _iso(a.end),
+                        "outcome": a.outcome,
+                        "redelivered": a.redelivered,
+                    }
+                    for a in t.attempts
+                ],
+            }
+            for t in u.tasks
+        ],
     }
 
 

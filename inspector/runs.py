@@ -7,6 +7,7 @@ we cannot use is kept as a Skipped (file, line, why), never fatal.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -89,15 +90,55 @@ class Skipped:
 
 
 @dataclass
+class WorkerLife:
+    """When one worker said it was ready and when it stopped, and on which queue."""
+
+    name: str
+    ready: list[tuple[datetime, str]] = field(default_factory=list)  # (when, queue)
+    stopped: list[datetime] = field(default_factory=list)
+
+    def ready_before(self, ts: datetime) -> datetime | None:
+        """Its latest worker_ready at or before ts (None: it said nothing before then)."""
+        return max((t for t, _q in self.ready if t <= ts), default=None)
+
+    def stopped_after(self, ts: datetime) -> datetime | None:
+        """Its first worker_stopped after ts (None: it has not stopped since, as far as
+        the logs know; a worker killed with SIGKILL writes no such line)."""
+        return min((t for t in self.stopped if t > ts), default=None)
+
+    def holds_since(self, ts: datetime) -> bool:
+        """It may still hold what it took at ts: no stop and no fresh start since then."""
+        return self.stopped_after(ts) is None and not any(t > ts for t, _q in self.ready)
+
+    def running_on(self, queue: str) -> bool:
+        """Its last line about its life says it is consuming queue (ready, not stopped)."""
+        if not self.ready:
+            return False
+        when, q = max(self.ready)
+        return q == queue and not any(t > when for t in self.stopped)
+
+
+#: The pseudo-run that holds tasks published by other tools (no run id in their messages).
+UNTRACKED = ""
+
+
+@dataclass
 class LogSet:
-    """Every run found in a log folder, and the lines that could not be used."""
+    """Every run found in a log folder, the lines that could not be used, and the rest
+    the report needs: who ran when, messages from other tools, deliveries per queue."""
 
     runs: dict[str, Run]
     skipped: list[Skipped]
+    workers: dict[str, WorkerLife] = field(default_factory=dict)
+    #: Tasks with no run id: published by other tools (the tutorial's new_task.py, ...).
+    untracked: Run = field(default_factory=lambda: Run(UNTRACKED))
+    #: `started` lines per queue (the queue the worker consumed when it logged them).
+    deliveries: Counter[str] = field(default_factory=Counter)
 
 
 TASK_EVENTS = {"started", "done", "failed", "requeued", "dead_lettered", "ack_lost", "retry"}
 EMIT_EVENTS = {"emit_started", "emit_done", "emit_failed"}
+LIFE_EVENTS = {"worker_ready", "worker_stopped"}
 
 
 def log_files(log_dir: Path) -> list[Path]:
@@ -155,24 +196,34 @@ def read_logs(log_dir: Path) -> LogSet:
             events.append((_utc(parse_ts(fields["ts"])), seq, path.name, n, fields))
     # seq keeps lines with the same millisecond in file order (started before done).
     events.sort(key=lambda e: (e[0], e[1]))
+    logs = LogSet(runs, skipped)
     for ts, _seq, name, n, f in events:
-        why = _apply_event(runs, ts, f)
+        why = _apply_event(logs, ts, f)
         if why:
             skipped.append(Skipped(name, n, why))
-    return LogSet(runs, skipped)
+    return logs
 
 
-def _apply_event(runs: dict[str, Run], ts: datetime, f: dict[str, str]) -> str:
-    """Fold one event into the runs; returns why it was unusable, or ''."""
+def _apply_event(logs: LogSet, ts: datetime, f: dict[str, str]) -> str:
+    """Fold one event into the log set; returns why it was unusable, or ''."""
     ev = f["event"]
     run_id = f.get("run")
-    if ev not in TASK_EVENTS and ev not in EMIT_EVENTS and ev != "reconnected":
-        return ""  # worker_ready, shutdown_* ...: not about a task
-    if not run_id:
-        if ev in TASK_EVENTS and f.get("task"):
-            return f"{ev} event without run="
+    if ev in LIFE_EVENTS and f.get("worker"):
+        life = logs.workers.setdefault(f["worker"], WorkerLife(f["worker"]))
+        if ev == "worker_ready":
+            life.ready.append((ts, f.get("queue", "")))
+        else:
+            life.stopped.append(ts)
         return ""
-    run = runs.setdefault(run_id, Run(run_id))
+    if ev not in TASK_EVENTS and ev not in EMIT_EVENTS and ev != "reconnected":
+        return ""  # shutdown_*, connection_lost ...: not about a task
+    if not run_id and ev in TASK_EVENTS and f.get("task"):
+        # A message another tool published carries no run id: it belongs to no run.
+        run = logs.untracked
+    elif not run_id:
+        return ""
+    else:
+        run = logs.runs.setdefault(run_id, Run(run_id))
     if ev in EMIT_EVENTS:
         run.emitted.update({k: v for k, v in f.items() if k != "ts"})
         run.emitted[ev] = f["ts"]
@@ -184,6 +235,11 @@ def _apply_event(runs: dict[str, Run], ts: datetime, f: dict[str, str]) -> str:
         return ""
     if not f.get("task"):
         return f"{ev} event without task="
+    if ev == "started" or (ev == "failed" and f.get("reason", "").startswith("poison")):
+        # Lines are folded in time order, so the worker's latest ready is its queue now.
+        seen = logs.workers.get(f.get("worker", ""))
+        queue = max(seen.ready)[1] if seen and seen.ready else run.emitted.get("queue", "")
+        logs.deliveries[queue] += 1
     try:
         _apply(run, ts, f)
     except ValueError as exc:
@@ -232,13 +288,33 @@ def _apply(run: Run, ts: datetime, f: dict[str, str]) -> None:
         )
 
 
+def worker_life(logs: LogSet, name: str) -> WorkerLife:
+    """What the logs say of a worker's life (nothing, for a worker they never saw start)."""
+    return logs.workers.get(name) or WorkerLife(name)
+
+
+def run_order(run: Run) -> tuple[datetime, str]:
+    """When a run began, for putting runs in order: its emit_started line, else its first
+    task event, else the time in its id. Run ids alone sort by time only to the second
+    (two emits in one second get random suffixes in any order)."""
+    when = run.emitted.get("emit_started") or run.emitted.get("emit_done")
+    if when:
+        return _utc(parse_ts(when)), run.run_id
+    starts = [a.start for t in run.tasks.values() for a in t.attempts]
+    if starts:
+        return min(starts), run.run_id
+    m = re.match(r"(\d{8}T\d{6})", run.run_id)
+    stamp = datetime.strptime(m[1], "%Y%m%dT%H%M%S") if m else datetime.min
+    return stamp.replace(tzinfo=timezone.utc), run.run_id
+
+
 def latest_run(logs: LogSet) -> Run | None:
-    """The newest run that was emitted (run ids sort by time)."""
+    """The newest run that was emitted."""
     emitted = [r for r in logs.runs.values() if r.emitted]
     pool = emitted or list(logs.runs.values())
-    return max(pool, key=lambda r: r.run_id) if pool else None
+    return max(pool, key=run_order) if pool else None
 
 
 def all_runs(logs: LogSet) -> list[Run]:
     """Every run, oldest first."""
-    return sorted(logs.runs.values(), key=lambda r: r.run_id)
+    return sorted(logs.runs.values(), key=run_order)

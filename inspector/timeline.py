@@ -6,6 +6,7 @@ commands start without paying for it.
 
 from __future__ import annotations
 
+import string
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,30 +36,71 @@ def drawn_end(s: RunSummary, a: Attempt) -> datetime:
     return max(a.start, s.start + timedelta(seconds=s.figures.makespan))
 
 
+#: How the text timeline fills a bar, by how the delivery ended.
+TEXT_FILL = {"done": "=", "failed": "x", "requeued": "~", "unfinished": "?"}
+#: The words for an ending in the text timeline's key.
+ENDINGS = {
+    "done": "done",
+    "failed": "failed",
+    "requeued": "given back by a cold stop",
+    "unfinished": "cut off (its worker was killed, or its log ends)",
+}
+#: Letters that stand for bars too short to hold their row number.
+KEYS = string.ascii_lowercase + string.ascii_uppercase
+
+
 def text_timeline(s: RunSummary, width: int = 60) -> str:
-    """One line per worker: each attempt as a bar starting with its row, and the lower bound."""
+    """One line per worker and one bar per delivery, then a key that reads each mark.
+
+    A bar is `|` and its row number, filled with the mark of how it ended. A bar too short
+    for its whole row number is a letter instead, named in the key: a row number is never
+    cut (a cut "|14" would read as row 1).
+    """
     if s.start is None or not s.figures.makespan:
         return "(no finished tasks to draw)"
     scale = width / s.figures.makespan
     name_w = max(len(w.name) for w in s.workers) if s.workers else 6
     lanes: dict[str, list[str]] = {w.name: [" "] * (width + 1) for w in s.workers}
-    for t in s.tasks:
-        for a in t.attempts:
-            end_s = (drawn_end(s, a) - s.start).total_seconds()
-            fill = "=" if a.outcome == "done" else "x"  # x: failed, given back or cut off
-            lo = min(width, int((a.start - s.start).total_seconds() * scale))
-            hi = min(width + 1, max(lo + 1, int(end_s * scale)))
-            label = ("|" + (str(t.row) if t.row is not None else "?"))[: hi - lo]
-            cells = list(label.ljust(hi - lo, fill))
-            lanes[a.worker][lo:hi] = cells
+    short: list[str] = []
+    # In time order, so that the letters of short bars run left to right.
+    bars = sorted(((a, t.row) for t in s.tasks for a in t.attempts), key=lambda b: b[0].start)
+    for a, row_no in bars:
+        end_s = (drawn_end(s, a) - s.start).total_seconds()
+        fill = TEXT_FILL.get(a.outcome, "?")
+        lo = min(width, int((a.start - s.start).total_seconds() * scale))
+        hi = min(width + 1, max(lo + 1, int(end_s * scale)))
+        row = str(row_no) if row_no is not None else "?"
+        label = "|" + row
+        if hi - lo < len(label) + 1:  # no room for the number and one mark
+            key = KEYS[len(short)] if len(short) < len(KEYS) else "*"
+            secs = f", {a.seconds:.2f} s" if a.seconds is not None else ""
+            short.append(f"{key} = row {row} ({ENDINGS.get(a.outcome, a.outcome)}{secs})")
+            label = key
+        lanes[a.worker][lo:hi] = list(label.ljust(hi - lo, fill))
     lines = [f"{name:<{name_w}} {''.join(c).rstrip()}" for name, c in lanes.items()]
+    pad = " " * (name_w + 1)
     lb = min(width, int(s.figures.lower_bound * scale))
-    lines.append(f"{'':<{name_w}} {' ' * lb}^ lower bound {s.figures.lower_bound:.2f} s")
-    lines.append(
-        f"{'':<{name_w}} 0 s {'-' * max(0, width - 12)} {s.figures.makespan:.2f} s "
-        "(|N = row N starts; x = not finished)"
-    )
+    lines.append(f"{pad}{' ' * lb}^ lower bound {s.figures.lower_bound:.2f} s")
+    lines.append(f"{pad}0 s {'-' * max(0, width - 12)} {s.figures.makespan:.2f} s")
+    used = sorted({a.outcome for t in s.tasks for a in t.attempts}, key=list(TEXT_FILL).index)
+    marks = "; ".join(f"{TEXT_FILL[o]} {ENDINGS[o]}" for o in used if o in TEXT_FILL)
+    lines.append(f"{pad}key: |N = a delivery of row N starts; {marks}")
+    if short:
+        lines += _pack(["short bars:", *short], pad, width + name_w + 1)
     return "\n".join(lines)
+
+
+def _pack(entries: list[str], pad: str, width: int) -> list[str]:
+    """Entries on as few lines as fit in width, never one cut across two lines."""
+    out = [pad + entries[0]]
+    for e in entries[1:]:
+        if len(out[-1]) + len(e) + 2 > width and out[-1].strip() != entries[0]:
+            out[-1] += ";"
+            out.append(pad + "  " + e)
+        else:
+            sep = " " if out[-1].strip() == entries[0] else "; "
+            out[-1] += sep + e
+    return out
 
 
 def figure(s: RunSummary, title: str = "") -> Figure:

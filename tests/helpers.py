@@ -110,6 +110,42 @@ def spawn(cmd: str, *args: str, env: dict[str, str], out: Path) -> Proc:
     return proc
 
 
+class StdinEmit:
+    """emit running in the background, reading rows the test writes to its stdin."""
+
+    def __init__(self, *args: str, env: dict[str, str], out: Path) -> None:
+        self.out = out
+        with open(out, "wb") as f:
+            self.popen = subprocess.Popen(
+                [str(BIN / "emit"), "-", *args],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=env.get("PWD", str(ROOT)),
+            )
+
+    def feed(self, rows: list[str]) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write("".join(f"{r}\n" for r in rows).encode())
+        self.popen.stdin.flush()
+
+    def close_input(self) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.close()
+
+    def wait(self, timeout: float = 90) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        finally:
+            if self.popen.poll() is None:
+                self.popen.kill()
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+
 def events(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []

@@ -13,7 +13,7 @@ import pytest
 
 from inspector.analysis import summarise_run
 from inspector.runs import latest_run, read_logs
-from tests.helpers import ROOT, broker_script, events, spawn, wait_for, wait_for_event
+from tests.helpers import ROOT, StdinEmit, broker_script, events, spawn, wait_for, wait_for_event
 
 pytestmark = pytest.mark.slow
 
@@ -88,30 +88,19 @@ def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, lo
     for i, w in enumerate(workers):
         wait_for_event(logs / f"worker-c{i}.log", "worker_ready", alive=w)
     # The emitter reads its rows from a pipe we feed, so it is mid-run when the node goes.
-    emitter = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "emit"), "-", "--quiet"],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    emitter = StdinEmit("--quiet", env=env, out=tmp_path / "emit.out")
     rows = [f"Task {n} ." for n in range(1, 2001)]
-    assert emitter.stdin is not None
-    emitter.stdin.write("\n".join(rows[:1000]) + "\n")
-    emitter.stdin.flush()
+    emitter.feed(rows[:1000])
     wait_for("300 tasks done", lambda: done_count(logs) >= 300)
 
     leader = str(queue_info(queue)["leader"])
     lost = port_of(leader)
     stopper = threading.Thread(target=broker, args=(how,), kwargs={"port": lost})
     stopper.start()
-    emitter.stdin.write("\n".join(rows[1000:]) + "\n")
-    emitter.stdin.close()
+    emitter.feed(rows[1000:])
+    emitter.close_input()
     stopper.join()
-    assert emitter.stdout is not None
-    out = emitter.stdout.read()  # ends when emit exits
-    assert emitter.wait(timeout=180) == 0, out
+    assert emitter.wait(timeout=180) == 0, emitter.output()
 
     try:
         wait_for("all 2000 tasks done", lambda: done_count(logs) >= 2000, timeout=120)

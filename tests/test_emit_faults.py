@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import subprocess
 from collections import Counter
-from pathlib import Path
 
 import pika
 
 from tests.helpers import (
     BIN,
     ROOT,
+    StdinEmit,
     drain,
     events,
     no_traceback,
@@ -22,42 +22,6 @@ from tests.helpers import (
     wait_for,
     wait_for_event,
 )
-
-
-class Emit:
-    """emit running in the background, reading rows the test writes to its stdin."""
-
-    def __init__(self, *args: str, env: dict[str, str], out: Path) -> None:
-        self.out = out
-        with open(out, "wb") as f:
-            self.popen = subprocess.Popen(
-                [str(BIN / "emit"), "-", *args],
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=ROOT,
-            )
-
-    def feed(self, rows: list[str]) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write("".join(f"{r}\n" for r in rows).encode())
-        self.popen.stdin.flush()
-
-    def close_input(self) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.close()
-
-    def wait(self) -> int:
-        try:
-            return self.popen.wait(timeout=90)
-        finally:
-            if self.popen.poll() is None:
-                self.popen.kill()
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace")
 
 
 def rows(first: int, last: int) -> list[str]:
@@ -78,7 +42,7 @@ def test_a_broker_restart_mid_emit_loses_no_row_and_duplicates_keep_their_id(
     node = make_node()
     env = {**emit_env, "AMQP_URL": node.url}
     queue = env["TASK_QUEUE"]
-    emit = Emit(env=env, out=tmp_path / "emit.out")
+    emit = StdinEmit(env=env, out=tmp_path / "emit.out")
     emit.feed(rows(1, 50))
     wait_for("the first 50 rows in the queue", lambda: count_is(node.url, queue, 50))
 
@@ -118,7 +82,7 @@ def test_a_broker_that_stays_down_exits_3_with_the_row_to_resume_from(
     node = make_node()
     env = {**env, "AMQP_URL": node.url}
     queue = env["TASK_QUEUE"]
-    emit = Emit("--retry-for", "3", env=env, out=tmp_path / "emit.out")
+    emit = StdinEmit("--retry-for", "3", env=env, out=tmp_path / "emit.out")
     emit.feed(rows(1, 5))
     wait_for("rows 1-5 in the queue", lambda: count_is(node.url, queue, 5))
     node.stop()
@@ -150,7 +114,7 @@ def test_a_broker_that_stays_down_exits_3_with_the_row_to_resume_from(
 def test_a_queue_deleted_mid_run_is_reported_as_unroutable_rows(
     env, broker_url, queue, tmp_path, logs
 ):
-    emit = Emit(env=env, out=tmp_path / "emit.out")
+    emit = StdinEmit(env=env, out=tmp_path / "emit.out")
     emit.feed(rows(1, 5))
     wait_for("rows 1-5 in the queue", lambda: count_is(broker_url, queue, 5))
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
@@ -212,7 +176,7 @@ def test_a_blocking_broker_is_reported_waited_for_and_given_up_on(make_node, env
     assert "no messages confirmed of 2" in gave_up.stderr and no_traceback(gave_up.stderr)
 
     # Waiting longer, the run goes through once the alarm clears.
-    emit = Emit("--blocked-timeout", "60", env=env, out=tmp_path / "emit.out")
+    emit = StdinEmit("--blocked-timeout", "60", env=env, out=tmp_path / "emit.out")
     emit.feed(rows(1, 3))
     emit.close_input()
     wait_for_event(logs / "emitter.log", "blocked", count=2)

@@ -6,6 +6,7 @@ exit code, the message, and that the queue was never even declared.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.helpers import BIN, ROOT, drain, events, no_traceback
+from emitter.source import CsvOptions, ReadStats, iter_rows
+from tests.helpers import BIN, ROOT, drain, events, no_traceback, queue_ready
+from utils.errors import BadInput
 
 #: Just over RabbitMQ's 128 MiB message size limit, in two fields joined by a space.
 HALF_OVER_LIMIT = 64 * 1024 * 1024 + 1
@@ -340,3 +343,112 @@ def test_open_admin_opens_the_queue_page_without_asking(env, broker_url, queue, 
     page = f"http://localhost:{port + 10000}/#/queues/%2F/{queue}"
     assert opened.read_text().splitlines() == [page]
     assert f"opened {page}" in r.stderr
+
+
+# CSV rows as pure functions, and the bad-input table: nothing is published.
+
+
+def rows(text: str, **kw) -> list[tuple[int, str]]:
+    stats = ReadStats()
+    return [(r.row, r.body) for r in iter_rows(io.StringIO(text), "f.csv", CsvOptions(**kw), stats)]
+
+
+def test_rows_join_fields_with_a_space_and_skip_blank_lines():
+    assert rows("a,b\n\nc\n") == [(1, "a b"), (2, "c")]
+
+
+def test_header_and_column_pick_one_field():
+    assert rows("id,body\n1,x.\n2,y..\n", header=True, column="body") == [(1, "x."), (2, "y..")]
+    assert rows("1,x.\n2,y..\n", column="2") == [(1, "x."), (2, "y..")]
+
+
+def test_a_slice_keeps_original_row_numbers():
+    assert rows("a\nb\nc\nd\n", start_row=2, limit=2) == [(2, "b"), (3, "c")]
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "msg"),
+    [
+        ('a\n"b\n', {}, "f.csv:2: a quote is opened and never closed"),
+        ("a\nb\x00c\n", {}, "f.csv:2: a NUL byte"),
+        ("a,b\nc\n", {"column": "2"}, "f.csv:2: has 1 field, no column 2"),
+        ("a\n \n,\n", {}, "f.csv:3: the task body is empty"),
+    ],
+)
+def test_bad_rows_name_file_and_line(text, kw, msg):
+    with pytest.raises(BadInput) as err:
+        rows(text, **kw)
+    assert msg in err.value.message
+
+
+EMIT_CASES = [
+    (
+        "bad-encoding",
+        {"f.csv": b"Task 1 .\nT\xe9che 2 ..\n"},
+        ["{f}"],
+        2,
+        "f.csv:2: bytes that are not utf-8",
+    ),
+    ("nul-byte", {"f.csv": b"Task 1 .\nTa\x00sk 2\n"}, ["{f}"], 2, "f.csv:2: a NUL byte"),
+    (
+        "unterminated-quote",
+        {"f.csv": b'a .\n"b ..\nc\n'},
+        ["{f}"],
+        2,
+        "a quote is opened and never closed",
+    ),
+    (
+        "ragged-column",
+        {"f.csv": b"1,a.\n2\n"},
+        ["{f}", "--column", "2"],
+        2,
+        "f.csv:2: has 1 field, no column 2",
+    ),
+    ("empty-body", {"f.csv": b"a.\n , \n"}, ["{f}"], 2, "f.csv:2: the task body is empty"),
+    (
+        "unknown-column-name",
+        {"f.csv": b"id,body\n1,a\n"},
+        ["{f}", "--header", "--column", "text"],
+        2,
+        "no column 'text'",
+    ),
+    (
+        "column-name-without-header",
+        {"f.csv": b"1,a\n"},
+        ["{f}", "--column", "body"],
+        2,
+        "no header",
+    ),
+    ("empty-file", {"f.csv": b""}, ["{f}"], 1, "no tasks in"),
+    ("header-only", {"f.csv": b"id,body\n"}, ["{f}", "--header"], 1, "no tasks in"),
+    ("blank-lines-only", {"f.csv": b"\n\n\n"}, ["{f}"], 1, "no tasks in"),
+    ("start-row-past-the-end", {"f.csv": b"a\nb\n"}, ["{f}", "--start-row", "5"], 1, "no tasks in"),
+    ("directory", {}, ["{tmp}"], 2, "is a directory"),
+    ("missing-file", {}, ["{tmp}/nope.csv"], 2, "no such file"),
+    ("two-char-delimiter", {"f.csv": b"a\n"}, ["{f}", "--delimiter", ";;"], 2, "one character"),
+    (
+        "unknown-encoding",
+        {"f.csv": b"a\n"},
+        ["{f}", "--encoding", "klingon"],
+        2,
+        "unknown --encoding",
+    ),
+    ("start-row-zero", {"f.csv": b"a\n"}, ["{f}", "--start-row", "0"], 2, "--start-row"),
+    ("nothing-to-send", {}, [], 2, "nothing to send"),
+    ("file-and-message", {"f.csv": b"a\n"}, ["{f}", "--message", "x"], 2, "not both"),
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "code", "phrase"), [c[1:] for c in EMIT_CASES], ids=[c[0] for c in EMIT_CASES]
+)
+def test_emit_refuses_bad_input_and_publishes_nothing(
+    env, broker_url, queue, tmp_path, files, args, code, phrase
+):
+    f = str(write(tmp_path, "f.csv", files["f.csv"])) if files else ""
+    args = [a.replace("{f}", f).replace("{tmp}", str(tmp_path)) for a in args]
+    r = run(*args, env=env)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert phrase.lower() in r.stderr.lower()
+    assert no_traceback(r.stderr)
+    assert queue_ready(broker_url, queue) == 0

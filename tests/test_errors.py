@@ -65,3 +65,36 @@ def test_existing_classic_queue_is_used_as_it_is(env, broker_url, queue, logs):
     r = run("emit", "--message", "hello.", env=env)
     assert r.returncode == 0, r.stderr
     assert "exists as a classic queue; using it as it is" in r.stderr
+
+
+# Bad connection settings, for every command.
+
+
+CONNECTION_CASES = [
+    ("malformed-url", "amqp://guest:guest@localhost:notaport/%2F", 2, "port"),
+    ("unknown-host", "amqp://guest:guest@no-such-host.invalid:5672/%2F", 3, "unknown host"),
+    ("refused-port", "amqp://guest:guest@localhost:1/%2F", 3, "connection refused"),
+    ("wrong-credentials", "amqp://guest:wrong@localhost:{port}/%2F", 4, "refused the login"),
+    (
+        "unknown-vhost",
+        "amqp://guest:guest@localhost:{port}/nowhere",
+        4,
+        "vhost 'nowhere' does not exist",
+    ),
+]
+
+
+@pytest.mark.parametrize("cmd", ["emit", "work", "tasks"])
+@pytest.mark.parametrize(
+    ("url", "code", "phrase"),
+    [c[1:] for c in CONNECTION_CASES],
+    ids=[c[0] for c in CONNECTION_CASES],
+)
+def test_bad_connection_settings_say_what_to_fix(env, broker_url, cmd, url, code, phrase):
+    port = broker_url.rsplit(":", 1)[1].split("/")[0]
+    url = url.format(port=port)
+    args = {"emit": ["--message", "x"], "work": ["--max-tasks", "1"], "tasks": ["status"]}[cmd]
+    r = run(cmd, *args, env={**env, "AMQP_URL": url})
+    assert r.returncode == code, r.stdout + r.stderr
+    assert phrase in r.stderr and no_traceback(r.stderr)
+    assert "wrong" not in r.stderr  # the password never shows

@@ -13,10 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from inspector import timeline
-from inspector.analysis import summarise_run
+from inspector.analysis import TIMES, summarise_run
 from inspector.cli import main
 from inspector.runs import all_runs, latest_run, read_logs
+from inspector.schedule import greedy, lower_bound, lpt, round_robin
 from inspector.timeline import text_timeline
+from tests.helpers import no_traceback, run
 from utils.logformat import format_event
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -163,11 +165,12 @@ def test_figures_compare_the_run_with_greedy_lpt_round_robin_and_the_lower_bound
     f = summarise_run(read_logs(d).runs[R1]).figures
     assert (f.makespan, f.greedy, f.lower_bound, f.lpt, f.round_robin) == (5, 5, 4, 4, 6)
     assert f.ratio(f.greedy) == 1.0 and f.ratio(f.round_robin) == pytest.approx(5 / 6)
-    assert "within 0% of the greedy schedule" in summarise_run(read_logs(d).runs[R1]).verdict
+    verdict = summarise_run(read_logs(d).runs[R1]).verdict
+    assert f"1.00{TIMES} the greedy schedule" in verdict
 
 
 def test_report_exits_1_and_lists_what_is_missing(two_runs):
-    r = CliRunner().invoke(main, ["report", str(two_runs), "--run", R1])
+    r = CliRunner().invoke(main, ["report", "--logs-only", str(two_runs), "--run", R1])
     assert r.exit_code == 1, r.output
     assert "missing rows: 5" in r.output
     assert "duplicate: row 2" in r.output and "redelivered: row 3" in r.output
@@ -177,9 +180,9 @@ def test_report_exits_1_and_lists_what_is_missing(two_runs):
 
 
 def test_report_all_shows_every_run_and_latest_alone_exits_0(two_runs):
-    r = CliRunner().invoke(main, ["report", str(two_runs), "--all"])
+    r = CliRunner().invoke(main, ["report", "--logs-only", str(two_runs), "--all"])
     assert r.exit_code == 1 and f"run {R1}" in r.output and f"run {R2}" in r.output
-    r = CliRunner().invoke(main, ["report", str(two_runs)])
+    r = CliRunner().invoke(main, ["report", "--logs-only", str(two_runs)])
     assert r.exit_code == 0 and f"run {R1}" not in r.output
 
 
@@ -191,9 +194,9 @@ def test_wait_returns_when_every_task_is_done_and_gives_up_while_one_is_missing(
 
 
 def test_json_and_csv_hold_the_same_facts_as_the_text(two_runs):
-    r = CliRunner().invoke(main, ["report", str(two_runs), "--all", "--json"])
+    r = CliRunner().invoke(main, ["report", "--logs-only", str(two_runs), "--all", "--json"])
     doc = json.loads(r.stdout)
-    assert doc["schema"] == 1 and [x["run"] for x in doc["runs"]] == [R1, R2]
+    assert doc["schema"] == 2 and [x["run"] for x in doc["runs"]] == [R1, R2]
     run1 = doc["runs"][0]
     assert run1["audit"]["missing"] == [5] and run1["audit"]["dead_lettered"] == [4]
     assert run1["audit"]["duplicates"][0]["row"] == 2 and not run1["audit"]["ok"]
@@ -206,7 +209,7 @@ def test_json_and_csv_hold_the_same_facts_as_the_text(two_runs):
         ("worker-a.log", 15),
     }
 
-    r = CliRunner().invoke(main, ["report", str(two_runs), "--run", R1, "--csv"])
+    r = CliRunner().invoke(main, ["report", "--logs-only", str(two_runs), "--run", R1, "--csv"])
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert len(rows) == 7  # 6 deliveries + row 5, never started
     assert [x["outcome"] for x in rows if x["row"] == "5"] == ["missing"]
@@ -216,7 +219,7 @@ def test_json_and_csv_hold_the_same_facts_as_the_text(two_runs):
 def test_text_timeline_has_one_line_per_worker_and_marks_the_lower_bound(two_runs):
     s = summarise_run(read_logs(two_runs).runs[R1])
     lines = text_timeline(s, width=50).splitlines()
-    assert lines[0].startswith("a ") and "|1" in lines[0] and "|3x" in lines[0]
+    assert lines[0].startswith("a ") and "|1=" in lines[0] and "|3?" in lines[0]
     assert lines[1].startswith("b ") and "|2" in lines[1]
     assert "^ lower bound" in lines[2]
 
@@ -240,9 +243,40 @@ def test_unreadable_folders_and_bad_options_give_a_clear_error_not_a_traceback(t
         ([str(tmp_path), "--run", "nope"], 1, "no log lines about run nope"),
     ]
     for args, code, message in cases:
-        r = CliRunner().invoke(main, ["report", *args])
+        r = CliRunner().invoke(main, ["report", "--logs-only", *args])
         # Our exit, with our code: no other exception escaped the command.
         assert isinstance(r.exception, SystemExit) and r.exit_code == code, (args, r.output)
         error, hint = r.output.splitlines()
         assert error.startswith("error: ") and message in error, args
         assert hint.startswith("  hint: "), args
+
+
+# Bad report arguments, and the schedules fair dispatch is compared with.
+
+
+def test_tasks_report_on_an_empty_folder_says_what_to_do(env, tmp_path):
+    r = run("tasks", "report", str(tmp_path), env=env)
+    assert r.returncode == 1
+    assert "no log lines" in r.stderr and "emit" in r.stderr and no_traceback(r.stderr)
+
+
+def test_tasks_report_for_an_unknown_run_says_so(env, logs):
+    assert run("emit", "--message", "x", env=env).returncode == 0
+    r = run("tasks", "report", str(logs), "--run", "no-such-run", env=env)
+    assert r.returncode == 1 and "no-such-run" in r.stderr and no_traceback(r.stderr)
+
+
+def test_greedy_schedule_gives_each_task_to_the_first_free_worker():
+    s = greedy([3, 1, 1, 1, 2], 2)
+    assert s.assignment == (0, 1, 1, 1, 0)
+    assert s.makespan == 5
+    assert lower_bound([3, 1, 1, 1, 2], 2) == 4
+    assert lpt([1, 1, 3], 2).makespan == 3
+
+
+def test_fair_dispatch_beats_round_robin_on_the_sample_tasks():
+    from tests.helpers import ROOT
+
+    dots = [line.count(".") for line in (ROOT / "tasks.csv").read_text().splitlines()]
+    assert 18 <= len(dots) <= 22 and min(dots) == 1 and max(dots) == 10
+    assert greedy(dots, 3).makespan < round_robin(dots, 3) * 0.8

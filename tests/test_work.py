@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pika
+import pytest
 
 import utils.logformat as logformat
 from inspector.analysis import summarise_run, worker_rows
@@ -15,7 +16,9 @@ from inspector.runs import latest_run, read_logs
 from tests.helpers import (
     done_rows,
     events,
+    no_traceback,
     queue_counts,
+    queue_ready,
     run,
     spawn,
     stop_when_done,
@@ -213,3 +216,63 @@ def test_the_terminal_line_names_the_row_and_the_note_and_leaves_the_ids_to_the_
 def test_a_value_ending_in_a_newline_stays_on_its_line():
     line = logformat.format_event("done", task="t-1", output="ok\n")
     assert "\n" not in line and parse_line(line)["output"] == "ok\n"
+
+
+# Bad options and odd bodies.
+
+
+WORK_CASES = [
+    ("negative-seconds-per-dot", ["--seconds-per-dot", "-1"], "--seconds-per-dot"),
+    ("prefetch-zero", ["--prefetch", "0"], "--prefetch"),
+    ("unknown-queue-type", ["--queue-type", "stream"], "--queue-type"),
+    ("shell-without-exec", ["--shell"], "--shell"),
+    ("max-attempts-zero", ["--max-attempts", "0"], "--max-attempts"),
+    ("zero-task-timeout", ["--task-timeout", "0"], "--task-timeout"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"), [c[1:] for c in WORK_CASES], ids=[c[0] for c in WORK_CASES]
+)
+def test_work_refuses_bad_options(env, args, phrase):
+    r = run("work", *args, env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert phrase in r.stderr and no_traceback(r.stderr)
+
+
+def test_the_worker_survives_huge_empty_and_binary_bodies(env, broker_url, queue, logs):
+    """100,000 dots bounded by --task-timeout, a 0-byte body, and bytes that are not text."""
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    for n, body in enumerate([b"huge " + b"." * 100_000, b"", b"\xff\xfe\x00binary"], start=1):
+        props = pika.BasicProperties(
+            delivery_mode=2, message_id=f"odd-{n}", headers={"source-row": n}
+        )
+        ch.basic_publish("", queue, body, props)
+    conn.close()
+    r = run(
+        "work",
+        "--name",
+        "odd",
+        "--seconds-per-dot",
+        "1",
+        "--task-timeout",
+        "1",
+        "--max-attempts",
+        "1",
+        "--max-tasks",
+        "3",
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert no_traceback(r.stderr)
+    evs = [
+        (e["event"], e.get("task"), e.get("reason", "")) for e in events(logs / "worker-odd.log")
+    ]
+    assert ("done", "odd-2", "") in evs  # the empty body: zero dots, done
+    dead = {t: why for ev, t, why in evs if ev == "dead_lettered"}
+    assert set(dead) == {"odd-1", "odd-3"}
+    assert "timed out" in dead["odd-1"] and "UTF-8" in dead["odd-3"]
+    assert queue_ready(broker_url, f"{queue}.dead") == 2

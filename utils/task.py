@@ -32,6 +32,17 @@ def task_id(run_id: str, row: int) -> str:
     return f"{run_id}-{row}"
 
 
+def untracked_id(body: bytes) -> str:
+    """A made-up id for a message with no message_id (another tool published it).
+
+    `untracked-<hash of the body>-<random>`: two messages with the same body (two "Hello
+    World!" from the tutorial's new_task.py) are two tasks, so each delivery gets an id of
+    its own. Nothing in such a message tells a redelivery from a second message with the
+    same body; the hash lets a reader group them.
+    """
+    return f"untracked-{hashlib.sha1(body).hexdigest()[:12]}-{secrets.token_hex(4)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One unit of work: its body text plus where it came from."""
@@ -76,11 +87,11 @@ class Task:
 
     @classmethod
     def decode(cls, properties: pika.BasicProperties, body: bytes) -> Task:
-        """Read a delivered message; messages from other producers get a stable made-up id."""
+        """Read a delivered message; messages from other producers get a made-up id."""
         headers = properties.headers or {}
         row = headers.get(H_ROW)
         run = headers.get(H_RUN)
-        tid = properties.message_id or "untracked-" + hashlib.sha1(body).hexdigest()[:12]
+        tid = properties.message_id or untracked_id(body)
         attempt = _attempt(headers)
         try:
             text = body.decode("utf-8")
@@ -119,7 +130,7 @@ def _attempt(headers: dict[str, Any]) -> int:
 def delivery_ids(properties: pika.BasicProperties, body: bytes) -> tuple[str, Any, Any]:
     """Message id, row and run of any message, even one whose body cannot be decoded."""
     headers = properties.headers or {}
-    tid = properties.message_id or "untracked-" + hashlib.sha1(body).hexdigest()[:12]
+    tid = properties.message_id or untracked_id(body)
     return str(tid), headers.get(H_ROW), _text(headers.get(H_RUN))
 
 

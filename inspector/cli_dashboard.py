@@ -1,0 +1,125 @@
+"""`tasks dashboard`: the run live in a browser, with /metrics for Prometheus."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from inspector.cli_queue import management_url_option
+from inspector.dashboard.server import (
+    Dashboard,
+    QueueWatch,
+    is_loopback,
+    make_server,
+    page_url,
+)
+from inspector.dashboard.sources import LogTail
+from inspector.dashboard.state import DashboardState
+from utils.errors import BadInput
+from utils.options import broker_options, handle_errors, make_settings
+
+
+@click.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    envvar="TASK_DASHBOARD_PORT",
+    help="Port to serve on (env TASK_DASHBOARD_PORT); 0 picks a free one.",
+)
+@click.option(
+    "--bind",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="TASK_DASHBOARD_BIND",
+    help="Address to listen on (env TASK_DASHBOARD_BIND). Any address but loopback needs --token.",
+)
+@click.option(
+    "--token",
+    "use_token",
+    is_flag=True,
+    envvar="TASK_DASHBOARD_TOKEN",
+    help="Require a token, made now and printed once in the URL (env TASK_DASHBOARD_TOKEN=1).",
+)
+@click.option(
+    "--run",
+    "run_id",
+    metavar="ID",
+    envvar="TASK_DASHBOARD_RUN",
+    help="Show this run (env TASK_DASHBOARD_RUN). [default: follow the latest one]",
+)
+@management_url_option
+@broker_options
+@handle_errors
+def dashboard(
+    port: int,
+    bind: str,
+    use_token: bool,
+    run_id: str | None,
+    management_url: str | None,
+    urls: tuple[str, ...],
+    queue: str,
+    queue_type: str,
+    log_dir: Path,
+) -> None:
+    """Watch the run live in a browser: progress, workers, timeline, queue and failures.
+
+    Serves a page (and /api/state as JSON, /metrics for Prometheus) and prints its URL.
+    Events come from the log folder (--log-dir), read as they are written; the queue's
+    counts from the broker, every 2 s. Ctrl+C stops it.
+
+    It listens on 127.0.0.1 only. To open it from another machine, give --bind 0.0.0.0
+    (or an address of this machine) with --token: every request must then carry the
+    token, which is printed once, in the URL.
+    """
+    if not is_loopback(bind) and not use_token:
+        raise BadInput(
+            f"--bind {bind} would show the dashboard to anyone who can reach this machine",
+            "add --token (a token is made and printed once, in the URL), or keep the "
+            "default --bind 127.0.0.1",
+        )
+    settings = make_settings(urls, queue, queue_type, log_dir)
+    token = secrets.token_urlsafe(24) if use_token else None
+    state = DashboardState(queue=queue, pinned_run=run_id)
+    app = Dashboard(
+        LogTail(log_dir),
+        state,
+        QueueWatch(settings, management_url),
+        token=token,
+        bind=bind,
+    )
+    server = make_server(app, bind, port)
+    port = server.server_address[1]
+    app.start()
+    serving = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True
+    )
+    serving.start()
+    click.echo(f"dashboard: {page_url(bind, port, token)}  (Ctrl+C to stop)")
+    run_text = f"run {run_id}" if run_id else "the latest run"
+    click.echo(
+        f"dashboard: showing {run_text} from {log_dir}/, queue '{queue}' at "
+        f"{settings.masked_urls}; /metrics for Prometheus",
+        err=True,
+    )
+    if not log_dir.is_dir():
+        click.echo(
+            f"dashboard: no folder {log_dir}/ yet; waiting for the first log lines", err=True
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()
+        app.stop()
+    click.echo("dashboard: stopped", err=True)

@@ -1,0 +1,314 @@
+"""Where the tasks of a run that are not done are now: waiting, in progress, or gone.
+
+The logs say what was done. For the rest, the report asks the broker about the run's queue
+(`look`) and sets its counts against the logs of every run that used that queue
+(`locate`, a pure function). The rules are written down in docs/REPORT.md, "Where the
+tasks not done are"; in short:
+
+- the queue's messages are given to the runs newest first: a queue is first in, first
+  out, so what is still in it is the newest work;
+- a task that left the queue with no done event in these logs was taken by another
+  consumer when the broker shows one (attached now, or deliveries our logs do not have);
+  otherwise it is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from inspector.analysis import RunSummary
+from inspector.runs import LogSet, Run, TaskRecord, run_order
+from inspector.status import ManagementUnavailable, default_management_url, fetch_json
+from utils import broker
+from utils.errors import TaskToolError
+from utils.settings import Settings, url_host, url_vhost
+
+#: The name our workers give their connections: "work NAME" (worker/loop.py).
+WORKER_CONNECTION = "work "
+
+
+@dataclass
+class QueueView:
+    """One queue as the broker shows it now: counts over AMQP, the rest from the API."""
+
+    name: str
+    exists: bool
+    ready: int = 0
+    consumers: int = 0
+    dead: int | None = None  # None: there is no dead-letter queue
+    unacked: int | None = None  # None: the management API did not answer
+    #: Consumers whose connection is not one of these logs' workers (management API).
+    foreign_consumers: int | None = None
+    #: The broker's counts of deliveries from the queue since it was created
+    #: (management API): to consumers that ack, basic.get, and with automatic ack.
+    delivered: int | None = None
+    got: int | None = None
+    auto_acked: int | None = None
+
+
+@dataclass
+class BrokerView:
+    """What the broker said about the queues, or why it said nothing."""
+
+    reachable: bool
+    where: str
+    note: str = ""  # why it was not reachable, or what the management API did not say
+    queues: dict[str, QueueView] = field(default_factory=dict)
+    management: bool = False  # the management API answered about every queue that exists
+
+
+def look(
+    settings: Settings, queues: list[str], ours: set[str], management_url: str | None
+) -> BrokerView:
+    """Ask the broker about each queue; never raises for a broker that is not there.
+
+    ours: the worker names in the logs, to tell their consumers from other consumers.
+    """
+    where = ", ".join(url_host(u) for u in settings.urls)
+    try:
+        conn, url = broker.connect(settings, client_name="tasks report")
+    except TaskToolError as exc:
+        return BrokerView(False, where, exc.message)
+    views: dict[str, QueueView] = {}
+    try:
+        for name in queues:
+            counts = broker.queue_counts(conn, name)
+            dead = broker.queue_counts(conn, broker.dead_letter_name(name))
+            view = QueueView(name, counts is not None, dead=dead[0] if dead else None)
+            if counts is not None:
+                view.ready, view.consumers = counts
+            views[name] = view
+    except TaskToolError as exc:  # what asking may raise; none of it stops the report
+        return BrokerView(False, url_host(url), exc.message)
+    finally:
+        if conn.is_open:
+            conn.close()
+    out = BrokerView(True, url_host(url), queues=views, management=True)
+    api = management_url or default_management_url(url)
+    for view in views.values():
+        if not view.exists:
+            continue
+        try:
+            _from_management(view, api, url_vhost(url), url, ours)
+        except ManagementUnavailable as exc:
+            out.note = (
+                f"the management API did not answer ({exc}): unacked messages and other "
+                "consumers' deliveries are unknown; tasks in progress are taken from the logs"
+            )
+            out.management = False
+            break
+    return out
+
+
+def _from_management(view: QueueView, api: str, vhost: str, url: str, ours: set[str]) -> None:
+    data = fetch_json(api, f"api/queues/{quote(vhost, safe='')}/{quote(view.name, safe='')}", url)
+    view.unacked = _int(data.get("messages_unacknowledged"))
+    stats = data.get("message_stats") or {}
+    view.delivered = _int(stats.get("deliver")) or 0
+    view.got = (_int(stats.get("get")) or 0) + (_int(stats.get("get_no_ack")) or 0)
+    view.auto_acked = _int(stats.get("deliver_no_ack")) or 0
+    foreign = 0
+    for consumer in data.get("consumer_details") or []:
+        conn_name = (consumer.get("channel_details") or {}).get("connection_name")
+        if not conn_name:
+            continue
+        try:
+            conn = fetch_json(api, f"api/connections/{quote(str(conn_name), safe='')}", url)
+        except ManagementUnavailable:
+            continue  # the connection closed since: it consumes no more
+        given = str(conn.get("user_provided_name") or "")
+        if not (given.startswith(WORKER_CONNECTION) and given[len(WORKER_CONNECTION) :] in ours):
+            foreign += 1
+    view.foreign_consumers = foreign
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, float)) else None
+
+
+@dataclass
+class Whereabouts:
+    """Where one run's tasks that are not done are, as far as the broker and logs tell."""
+
+    judged_from: str  # "broker", or "logs" when the broker was not asked or not reachable
+    note: str
+    done: int
+    dead: int
+    waiting: int = 0  # in the queue, ready
+    in_progress: int = 0  # held unacked by a worker of these logs
+    in_progress_elsewhere: int = 0  # held unacked by a consumer that writes no log here
+    dead_unlogged: int = 0  # in the dead-letter queue, with no dead_lettered line here
+    #: Not seen anywhere while emit has not logged its end: perhaps not published yet.
+    unpublished: int = 0
+    left: list[int] = field(default_factory=list)  # rows that left the queue, not done here
+    taken_elsewhere: bool = False  # ... and the broker shows another consumer took them
+    evidence: str = ""
+    missing: list[int] = field(default_factory=list)
+    #: Rows in progress on a worker of these logs (their latest delivery has no end yet).
+    active: list[int] = field(default_factory=list)
+    queue: QueueView | None = None
+    foreign_consumers: int = 0
+
+    @property
+    def running(self) -> bool:
+        """Some of the run's tasks are still waiting in the queue or being worked on."""
+        return bool(
+            self.waiting or self.in_progress or self.in_progress_elsewhere or self.unpublished
+        )
+
+
+def locate(
+    shown: list[tuple[Run, RunSummary]],
+    every: list[tuple[Run, RunSummary]],
+    logs: LogSet,
+    view: BrokerView | None,
+    default_queue: str,
+) -> list[Whereabouts]:
+    """The whereabouts of each shown run's tasks (every: all runs in the logs, for sharing
+    out the counts of a queue that several runs used)."""
+    out = []
+    for run, s in shown:
+        queue = queue_of(run, default_queue)
+        if view is None or not view.reachable or queue not in view.queues:
+            out.append(_from_logs(s, logs, view))
+            continue
+        peers = [(r, x) for r, x in every if queue_of(r, default_queue) == queue]
+        shares = _share(peers, logs, view.queues[queue], view.note)
+        out.append(shares[run.run_id])
+    return out
+
+
+def queue_of(run: Run, default_queue: str) -> str:
+    """The queue a run was emitted to (the default when the emitter's lines are gone)."""
+    return run.emitted.get("queue") or default_queue
+
+
+def _done_count(s: RunSummary) -> int:
+    return len({t.row for t in s.tasks if t.done and t.row is not None})
+
+
+def _active(s: RunSummary, logs: LogSet) -> list[int]:
+    """Rows not done whose latest delivery a worker started and, per the logs, still holds:
+    no end, and that worker has neither stopped nor started afresh since."""
+    by_row = _by_row(s)
+    rows = []
+    for row in s.audit.missing:
+        t = by_row.get(row)
+        if t is None or not t.attempts:
+            continue
+        a = t.attempts[-1]
+        life = logs.workers.get(a.worker)
+        if a.outcome == "unfinished" and (life is None or life.holds_since(a.start)):
+            rows.append(row)
+    return rows
+
+
+def _by_row(s: RunSummary) -> dict[int, TaskRecord]:
+    return {t.row: t for t in s.tasks if t.row is not None}
+
+
+def _from_logs(s: RunSummary, logs: LogSet, view: BrokerView | None) -> Whereabouts:
+    if view is None:
+        note = "judged from the logs alone (--logs-only)"
+    else:
+        note = f"broker not reachable: {view.note}; judged from the logs alone"
+    active = _active(s, logs)
+    return Whereabouts(
+        "logs",
+        note,
+        _done_count(s),
+        len(s.audit.dead),
+        in_progress=len(active),
+        missing=[r for r in s.audit.missing if r not in active],
+        active=active,
+    )
+
+
+def _emit_order(s: RunSummary, rows: list[int], order: str) -> list[int]:
+    """Rows in the order they were published (longest-first: by dots, as the logs know)."""
+    if order != "longest-first":
+        return sorted(rows)
+    by_row = _by_row(s)
+    return sorted(rows, key=lambda r: (-(by_row[r].dots if r in by_row else 0), r))
+
+
+def _share(
+    peers: list[tuple[Run, RunSummary]], logs: LogSet, q: QueueView, note: str
+) -> dict[str, Whereabouts]:
+    """Share out one queue's counts among the runs that used it, newest run first."""
+    newest_first = sorted(peers, key=lambda p: run_order(p[0]), reverse=True)
+    # With no consumer on the queue nobody holds a task, whatever the logs say: a worker
+    # killed mid-task writes no end, and the broker has put its task back.
+    active = {r.run_id: _active(s, logs) if q.consumers else [] for r, s in peers}
+    ours_holding = sum(len(a) for a in active.values())
+    # The management API's counts lag by up to 5 s; the logs may be newer.
+    unacked = max(q.unacked or 0, ours_holding)
+    ready = q.ready
+    logged_dead = sum(len(s.audit.dead) for _r, s in peers)
+    dead_extra = max(0, (q.dead or 0) - logged_dead)
+    out: dict[str, Whereabouts] = {}
+    rest: dict[str, list[int]] = {}
+    for run, s in newest_first:
+        w = Whereabouts("broker", note, _done_count(s), len(s.audit.dead), queue=q)
+        w.in_progress = min(len(active[run.run_id]), unacked)
+        w.active = active[run.run_id][: w.in_progress]
+        unacked -= w.in_progress
+        out[run.run_id] = w
+        idle = [r for r in s.audit.missing if r not in active[run.run_id]]
+        rest[run.run_id] = _emit_order(s, idle, run.emitted.get("order", "file"))
+    for run, s in newest_first:  # what is still in the queue is the newest work
+        w, idle = out[run.run_id], rest[run.run_id]
+        w.waiting = min(len(idle), ready)
+        ready -= w.waiting
+        w.in_progress_elsewhere = min(len(idle) - w.waiting, unacked)
+        unacked -= w.in_progress_elsewhere
+        w.dead_unlogged = min(len(idle) - w.waiting - w.in_progress_elsewhere, dead_extra)
+        dead_extra -= w.dead_unlogged
+        gone = len(idle) - w.waiting - w.in_progress_elsewhere - w.dead_unlogged
+        w.left = sorted(idle[:gone])  # first in, first out: the earliest left first
+        if run.emit_status == "running":  # emit may still be publishing the rows not seen
+            seen = _by_row(s)
+            w.unpublished = sum(1 for r in w.left if r not in seen)
+            w.left = [r for r in w.left if r in seen]
+    _judge_left(list(out.values()), logs, q)
+    return out
+
+
+def _judge_left(ws: list[Whereabouts], logs: LogSet, q: QueueView) -> None:
+    """Decide whether the tasks that left the queue were taken by another consumer."""
+    running_here = sum(1 for life in logs.workers.values() if life.running_on(q.name))
+    foreign_now = max(q.foreign_consumers or 0, q.consumers - running_here)
+    left = sum(len(w.left) for w in ws)
+    # Deliveries the broker counted that no `started` line here accounts for. Our workers
+    # always ack by hand and never use basic.get; what they hold but have not logged yet
+    # (prefetched) is at most the unacked count.
+    unseen = None
+    if q.delivered is not None:
+        by_hand = max(0, q.delivered - logs.deliveries[q.name] - (q.unacked or 0))
+        unseen = by_hand + (q.got or 0) + (q.auto_acked or 0)
+    evidence = ""
+    if foreign_now > 0:
+        who = (
+            "consumer that is not a worker"
+            if foreign_now == 1
+            else "consumers that are not workers"
+        )
+        evidence = f"the broker shows {foreign_now} {who} of these logs on {q.name}"
+    elif unseen is not None and left and unseen >= left:
+        evidence = (
+            f"the broker counted {unseen} deliveries from {q.name} that these logs do not show"
+        )
+    elif unseen:
+        evidence = (
+            f"the broker counted {unseen} deliveries from {q.name} that these logs do not "
+            f"show, fewer than the {left} tasks that left it"
+        )
+    for w in ws:
+        w.foreign_consumers = foreign_now
+        w.evidence = evidence
+        w.taken_elsewhere = bool(w.left) and (
+            foreign_now > 0 or (unseen is not None and unseen >= left)
+        )
+        w.missing = [] if w.taken_elsewhere else list(w.left)
