@@ -18,7 +18,9 @@ def help_text(*args: str, **environ: str) -> str:
     return " ".join(r.stdout.split())  # click wraps the help; compare it as one line
 
 
-@pytest.mark.parametrize("command", [("work",), ("emit",), ("tasks", "status")])
+@pytest.mark.parametrize(
+    "command", [("work",), ("emit",), ("tasks", "status"), ("tasks", "dashboard")]
+)
 def test_help_names_each_variable_and_the_default_when_none_is_set(command):
     text = help_text(*command)
     assert "[env var: AMQP_URL; default: amqp://guest:guest@localhost:5672/%2F]" in text
@@ -26,7 +28,9 @@ def test_help_names_each_variable_and_the_default_when_none_is_set(command):
     assert "[env var: TASK_CA_CERT]" in text
 
 
-@pytest.mark.parametrize("command", [("work",), ("emit",), ("tasks", "status")])
+@pytest.mark.parametrize(
+    "command", [("work",), ("emit",), ("tasks", "status"), ("tasks", "dashboard")]
+)
 def test_help_shows_a_set_variable_as_the_value_in_effect_with_its_password_masked(command):
     text = help_text(
         *command,
@@ -48,6 +52,8 @@ def test_help_shows_the_commands_own_variables_in_effect_too():
     emit = help_text("emit", EMIT_FAST_PATH="0")
     assert "env var: EMIT_FAST_PATH=0, in effect; default: fast-path" in emit
     status = help_text("tasks", "status", TASK_MANAGEMENT_URL="http://ops:pw@h:15672/")
+    dashboard = help_text("tasks", "dashboard", TASK_DASHBOARD_PORT="9000")
+    assert "[env var: TASK_DASHBOARD_PORT=9000, in effect; default: 8765; 0<=x<=65535]" in dashboard
     squeezed = status.replace(" ", "")
     assert "envvar:TASK_MANAGEMENT_URL=http://ops:***@h:15672/,ineffect" in squeezed
     assert ":pw@" not in status
