@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shlex
 import sys
 import webbrowser
 from urllib.parse import quote, urlsplit
@@ -14,8 +15,9 @@ from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.errors import BadInput, ExitCode
 from utils.logformat import EventLog, shorten
-from utils.options import broker_options, handle_errors, make_settings
-from utils.settings import mask_url, url_vhost
+from utils.options import EnvOption, broker_options, handle_errors, make_settings
+from utils.plural import plural
+from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
 
 PREVIEW_ROWS = 5
 
@@ -93,10 +95,11 @@ PREVIEW_ROWS = 5
 @click.option(
     "--fast-path/--no-fast-path",
     envvar="EMIT_FAST_PATH",
+    cls=EnvOption,
     default=True,
     show_default=True,
     help="Write pre-built frames on pika's private write path, for about half the CPU "
-    "(env EMIT_FAST_PATH; 0 turns it off: pika's public API only). It steps aside by itself "
+    "(EMIT_FAST_PATH=0 turns it off: pika's public API only). It steps aside by itself "
     "on a pika version it was not tested with; see docs/EMIT.md.",
 )
 @click.option(
@@ -109,7 +112,7 @@ PREVIEW_ROWS = 5
     "-q",
     "--quiet",
     is_flag=True,
-    help="No progress bar and no notices; errors and the summary still print.",
+    help="No progress bar and no notes; errors, warnings and the summary still print.",
 )
 @broker_options
 @handle_errors
@@ -221,6 +224,8 @@ def main(
     click.echo(summary_line(report, queue))
     if report.queue_note and not quiet:
         click.echo(f"note: {report.queue_note}", err=True)
+    for line in queue_warnings(report, queue, quiet):
+        click.echo(line, err=True)
 
 
 def summary_line(report: EmitReport, queue: str) -> str:
@@ -228,11 +233,36 @@ def summary_line(report: EmitReport, queue: str) -> str:
     r = report.result
     rate = r.confirmed / r.seconds if r.seconds > 0 else 0.0
     return (
-        f"published {r.confirmed} tasks to queue {queue} at {mask_url(r.url)} in "
+        f"published {plural(r.confirmed, 'task')} to queue {queue} at {mask_url(r.url)} in "
         f"{r.seconds:.2f} s (all confirmed): {r.published} published, {r.confirmed} confirmed, "
-        f"{r.republished} republished, {report.stats.blank} blank line(s) skipped, "
+        f"{r.republished} republished, {plural(report.stats.blank, 'blank line')} skipped, "
         f"{rate:,.0f} tasks/s; run {report.run_id}"
     )
+
+
+def queue_warnings(report: EmitReport, queue: str, quiet: bool) -> list[str]:
+    """What the queue looked like before publishing, when it may surprise: lines for stderr.
+
+    Tasks already waiting are a warning, which --quiet does not hide: emit run twice by
+    mistake sends every task twice. No worker listening yet is a note, which it does.
+    """
+    lines = []
+    named = "" if queue == DEFAULT_QUEUE else f" --queue {shlex.quote(queue)}"
+    n = report.waiting_before
+    if n:
+        were = "was" if n == 1 else "were"
+        lines += [
+            f"warning: {plural(n, 'task')} from before this run {were} already waiting in "
+            f"queue {queue}",
+            f"  hint: if emit ran twice by mistake, every task is there twice: 'tasks purge{named}'"
+            " empties the queue, then emit once; 'tasks status' shows it",
+        ]
+    if not report.consumers and not quiet:
+        lines += [
+            f"note: no worker is listening on queue {queue} yet; the tasks wait there for one",
+            f"  hint: start a worker in another terminal: work{named}",
+        ]
+    return lines
 
 
 def admin_url(url: str, queue: str) -> str:
@@ -263,7 +293,7 @@ def _dry_run(opts: EmitOptions) -> None:
         bodies = list(opts.messages)
         for n, body in enumerate(bodies[:PREVIEW_ROWS], start=1):
             click.echo(f"row {n}: {shorten(body)}")
-        click.echo(f"dry run: {len(bodies)} tasks would be sent; nothing was published")
+        click.echo(f"dry run: {plural(len(bodies), 'task')} would be sent; nothing was published")
         return
     if opts.source != "-":
         stats = validate_file(opts.source, opts.csv)
@@ -272,11 +302,13 @@ def _dry_run(opts: EmitOptions) -> None:
         rows = iter_rows(stream, opts.source, opts.csv, stats)
         for row in itertools.islice(rows, PREVIEW_ROWS):
             click.echo(
-                f"row {row.row} (line {row.line}): {shorten(row.body)}  [{row.body.count('.')} dots]"
+                f"row {row.row} (line {row.line}): {shorten(row.body)}  "
+                f"[{plural(row.body.count('.'), 'dot')}]"
             )
         for _ in rows:
             pass
-    blank = f", {stats.blank} blank line(s) skipped" if stats.blank else ""
-    click.echo(f"dry run: {stats.selected} tasks would be sent{blank}; nothing was published")
+    blank = f", {plural(stats.blank, 'blank line')} skipped" if stats.blank else ""
+    sent = plural(stats.selected, "task")
+    click.echo(f"dry run: {sent} would be sent{blank}; nothing was published")
     if stats.selected == 0:
         sys.exit(int(ExitCode.NOTHING_DONE))

@@ -10,6 +10,7 @@ from emitter.source import CsvOptions, ReadStats, Row, iter_rows, open_source, v
 from utils import broker
 from utils.errors import BrokerUnavailable, NothingToDo, TaskToolError
 from utils.logformat import EventLog
+from utils.plural import plural
 from utils.settings import Settings, mask_url
 from utils.task import Task, new_run_id
 
@@ -38,6 +39,9 @@ class EmitReport:
     result: PublishResult
     queue_note: str = ""
     resume: str = ""  # "confirmed rows 1..k of N; rerun with --start-row k+1" when unfinished
+    #: Tasks already ready in the queue before this run, and its consumers then (declare-ok).
+    waiting_before: int = 0
+    consumers: int = 0
 
 
 def emit_rows(
@@ -74,6 +78,8 @@ def emit_rows(
         url=mask_url(url),
         order=opts.order,
         total=total,
+        waiting=info.messages,
+        consumers=info.consumers,
     )
     if info.note:
         log.event("queue_found", queue=settings.queue, note=info.note)
@@ -128,7 +134,9 @@ def emit_rows(
         reason=result.error.message if result.error else None,
         resume=resume or None,
     )
-    return EmitReport(run_id, total, stats, result, info.note, resume)
+    return EmitReport(
+        run_id, total, stats, result, info.note, resume, info.messages, info.consumers
+    )
 
 
 def _first_row(opts: EmitOptions) -> int:
@@ -182,11 +190,18 @@ def _notice(event: str, fields: dict[str, object]) -> str:
     if event == "connection_lost":
         return (
             f"connection lost ({fields.get('reason')}); reconnecting, "
-            f"{fields.get('unconfirmed')} unconfirmed task(s) will be published again"
+            f"{_tasks_again(fields.get('unconfirmed'))} will be published again"
         )
     if event == "reconnected":
         return f"reconnected to {fields.get('node')}; republishing {fields.get('republishing')}"
     return ""
+
+
+def _tasks_again(unconfirmed: object) -> str:
+    """ "3 unconfirmed tasks" (the count comes from the publisher's event)."""
+    if isinstance(unconfirmed, int):
+        return plural(unconfirmed, "unconfirmed task")
+    return f"{unconfirmed} unconfirmed tasks"
 
 
 def failure_summary(report: EmitReport) -> TaskToolError:
@@ -197,7 +212,8 @@ def failure_summary(report: EmitReport) -> TaskToolError:
         rows = ", ".join(str(t.row) for t in r.unroutable[:10])
         more = " ..." if len(r.unroutable) > 10 else ""
         return BrokerUnavailable(
-            f"{len(r.unroutable)} task(s) could not be routed to the queue (rows {rows}{more}); "
+            f"{plural(len(r.unroutable), 'task')} could not be routed to the queue "
+            f"(rows {rows}{more}); "
             f"was the queue deleted mid-run? {resume}",
             "check the queue exists ('tasks status'), then rerun as said",
         )
@@ -205,7 +221,7 @@ def failure_summary(report: EmitReport) -> TaskToolError:
         rows = ", ".join(str(t.row) for t in r.nacked[:10])
         more = " ..." if len(r.nacked) > 10 else ""
         return BrokerUnavailable(
-            f"the broker refused {len(r.nacked)} task(s) (rows {rows}{more}) "
+            f"the broker refused {plural(len(r.nacked), 'task')} (rows {rows}{more}) "
             f"after {MAX_NACK_RETRIES} republishes each; {resume}",
             "a queue length limit (x-max-length with reject-publish) or a broker alarm "
             "refuses messages; make room in the queue, then rerun as said",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from utils.errors import BadInput, NothingToDo
+from utils.plural import plural
 
 #: RabbitMQ's default max_message_size (3.10 and later): 128 MiB.
 MAX_BODY_BYTES = 128 * 1024 * 1024
@@ -49,7 +50,13 @@ class ReadStats:
 def open_source(path: str) -> IO[bytes]:
     """Open FILE or '-' (stdin) for reading, turning the usual OS errors into one clear line."""
     if path == "-":
-        return sys.stdin.buffer
+        try:
+            # A reader of our own on fd 0: the thread that reads it may be blocked in a read
+            # when Ctrl+C ends emit, and Python's shutdown would then wait for sys.stdin's lock
+            # ("Fatal Python error: could not acquire lock for <stdin>").
+            return open(sys.stdin.fileno(), "rb", closefd=False)
+        except (AttributeError, OSError, ValueError):  # a stdin without a file descriptor
+            return sys.stdin.buffer
     p = Path(path)
     if p.is_dir():
         raise BadInput(f"{path} is a directory, not a CSV file", "give the path of a CSV file")
@@ -131,7 +138,7 @@ def iter_rows(
         if column_index is not None:
             if column_index >= len(record):
                 raise BadInput(
-                    f"{name}:{line}: has {len(record)} field(s), no column {column_index + 1}",
+                    f"{name}:{line}: has {plural(len(record), 'field')}, no column {column_index + 1}",
                     "fix the row, or choose another --column",
                 )
             body = record[column_index]
@@ -193,7 +200,7 @@ def validate_file(path: str, opts: CsvOptions) -> ReadStats:
         raise NothingToDo(f"no tasks in {path}", "add rows to the file (one task per row)")
     if stats.selected == 0:
         raise NothingToDo(
-            f"no tasks in {path} from row {opts.start_row} on (it has {stats.rows} rows)",
+            f"no tasks in {path} from row {opts.start_row} on (it has {plural(stats.rows, 'row')})",
             "lower --start-row",
         )
     return stats

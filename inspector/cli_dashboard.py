@@ -20,7 +20,7 @@ from inspector.dashboard.server import (
 from inspector.dashboard.sources import LogTail
 from inspector.dashboard.state import DashboardState
 from utils.errors import BadInput
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import EnvOption, broker_options, handle_errors, make_settings
 
 
 @click.command()
@@ -30,28 +30,32 @@ from utils.options import broker_options, handle_errors, make_settings
     default=8765,
     show_default=True,
     envvar="TASK_DASHBOARD_PORT",
-    help="Port to serve on (env TASK_DASHBOARD_PORT); 0 picks a free one.",
+    cls=EnvOption,
+    help="Port to serve on; 0 picks a free one.",
 )
 @click.option(
     "--bind",
     default="127.0.0.1",
     show_default=True,
     envvar="TASK_DASHBOARD_BIND",
-    help="Address to listen on (env TASK_DASHBOARD_BIND). Any address but loopback needs --token.",
+    cls=EnvOption,
+    help="Address to listen on. Any address but loopback needs --token.",
 )
 @click.option(
     "--token",
     "use_token",
     is_flag=True,
     envvar="TASK_DASHBOARD_TOKEN",
-    help="Require a token, made now and printed once in the URL (env TASK_DASHBOARD_TOKEN=1).",
+    cls=EnvOption,
+    help="Require a token, made now and printed once in the URL (or set the variable to 1).",
 )
 @click.option(
     "--run",
     "run_id",
     metavar="ID",
     envvar="TASK_DASHBOARD_RUN",
-    help="Show this run (env TASK_DASHBOARD_RUN). [default: follow the latest one]",
+    cls=EnvOption,
+    help="Show this run. [default: follow the latest one]",
 )
 @management_url_option
 @broker_options

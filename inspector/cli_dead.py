@@ -11,6 +11,7 @@ from utils import broker
 from utils.errors import ConnectionLost, PublishRefused
 from utils.logformat import shorten
 from utils.options import broker_options, handle_errors, make_settings
+from utils.plural import plural
 from utils.task import ATTEMPT_HEADERS, H_REASON, delivery_ids
 
 
@@ -62,7 +63,7 @@ def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
         click.echo(f"no dead letters in {dead_queue}")
         return
     if not requeue:
-        click.echo(f"{len(got)} dead letter(s) in {dead_queue}:")
+        click.echo(f"{plural(len(got), 'dead letter')} in {dead_queue}:")
         for _method, props, body in got:
             click.echo(_describe(props, body))
         channel.give_back_all()
@@ -74,7 +75,7 @@ def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
         broker.publish_copy(conn, settings.queue, body, props, headers)
         channel.ack(method.delivery_tag)  # only once the copy is confirmed
         click.echo("requeued " + _describe(props, body))
-    click.echo(f"moved {len(got)} dead letter(s) back to {settings.queue}")
+    click.echo(f"moved {plural(len(got), 'dead letter')} back to {settings.queue}")
 
 
 def _describe(props: Any, body: bytes) -> str:

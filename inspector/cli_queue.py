@@ -12,7 +12,8 @@ import click
 from inspector.status import gather, render
 from utils import broker
 from utils.errors import ExitCode, NothingToDo, TaskToolError
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import EnvOption, broker_options, handle_errors, make_settings
+from utils.plural import plural
 from utils.settings import Settings, url_host
 
 #: Seconds between refreshes of `tasks status --watch`.
@@ -22,8 +23,9 @@ WATCH_EVERY = 1.0
 management_url_option = click.option(
     "--management-url",
     envvar="TASK_MANAGEMENT_URL",
+    cls=EnvOption,
     metavar="URL",
-    help="The management API (env TASK_MANAGEMENT_URL). "
+    help="The management API. "
     "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
 )
 
@@ -101,9 +103,11 @@ def purge(
             )
         ready, consumers = counts
         if not yes:
-            held = f" ({consumers} consumer(s) attached; what they hold stays)" if consumers else ""
+            attached = plural(consumers, "consumer")
+            held = f" ({attached} attached; what they hold stays)" if consumers else ""
             question = (
-                f"Remove all {ready} ready message(s) from queue '{name}' at {url_host(url)}{held}?"
+                f"Remove all {plural(ready, 'ready message')} from queue '{name}' at "
+                f"{url_host(url)}{held}?"
             )
             if not click.confirm(question, default=False):
                 click.echo("nothing removed")
@@ -111,4 +115,4 @@ def purge(
         removed = broker.purge_queue(conn, name)
     finally:
         conn.close()
-    click.echo(f"removed {removed} message(s) from queue '{name}'")
+    click.echo(f"removed {plural(removed, 'message')} from queue '{name}'")

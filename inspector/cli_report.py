@@ -24,6 +24,7 @@ from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_lo
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo
 from utils.options import broker_options, handle_errors, make_settings
+from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, Settings
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
@@ -206,7 +207,7 @@ def _name_skipped(logs: LogSet) -> None:
     for s in logs.skipped[:SKIPPED_SHOWN]:
         click.echo(f"skipped {s.file}:{s.line}: {s.why}", err=True)
     if len(logs.skipped) > SKIPPED_SHOWN:
-        click.echo(f"skipped {len(logs.skipped) - SKIPPED_SHOWN} more lines", err=True)
+        click.echo(f"skipped {plural(len(logs.skipped) - SKIPPED_SHOWN, 'more line')}", err=True)
 
 
 @click.command()
@@ -233,7 +234,7 @@ def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
             if run is not None and run.emitted.get("emit_done"):
                 audit = summarise_run(run).audit
                 if not audit.missing:
-                    click.echo(f"run {run.run_id}: all {audit.emitted} tasks done")
+                    click.echo(f"run {run.run_id}: all {plural(audit.emitted, 'task')} done")
                     return
         if time.monotonic() > deadline:
             raise NothingToDo(

@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from utils import broker
 from utils.errors import TaskToolError
+from utils.plural import plural
 from utils.settings import Settings, mask_url, url_host, url_vhost
 
 #: Seconds we give the management API to answer before saying it did not.
@@ -231,7 +232,7 @@ def render(s: Status) -> list[str]:
             f"queue '{q.name}' ({q.queue_type or 'type unknown'}) at {s.broker}",
             f"  ready {_n(q.ready)}, unacked {_n(q.unacked)}, consumers {_n(q.consumers)}",
         ]
-    dead = f"{q.dead} message(s)" if q.dead is not None else "none (no dead letters yet)"
+    dead = plural(q.dead, "message") if q.dead is not None else "none (no dead letters yet)"
     lines.append(f"  dead-letter queue '{q.dead_queue}': {dead}")
     if m.answered:
         lines.append(

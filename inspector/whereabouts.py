@@ -23,6 +23,7 @@ from inspector.runs import LogSet, Run, TaskRecord, run_order
 from inspector.status import ManagementUnavailable, default_management_url, fetch_json
 from utils import broker
 from utils.errors import TaskToolError
+from utils.plural import plural
 from utils.settings import Settings, url_host, url_vhost
 
 #: The name our workers give their connections: "work NAME" (worker/loop.py).
@@ -298,12 +299,13 @@ def _judge_left(ws: list[Whereabouts], logs: LogSet, q: QueueView) -> None:
         evidence = f"the broker shows {foreign_now} {who} of these logs on {q.name}"
     elif unseen is not None and left and unseen >= left:
         evidence = (
-            f"the broker counted {unseen} deliveries from {q.name} that these logs do not show"
+            f"the broker counted {plural(unseen, 'delivery', 'deliveries')} from {q.name} "
+            "that these logs do not show"
         )
     elif unseen:
         evidence = (
-            f"the broker counted {unseen} deliveries from {q.name} that these logs do not "
-            f"show, fewer than the {left} tasks that left it"
+            f"the broker counted {plural(unseen, 'delivery', 'deliveries')} from {q.name} that "
+            f"these logs do not show, fewer than the {left} tasks that left it"
         )
     for w in ws:
         w.foreign_consumers = foreign_now

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
-from tests.helpers import ROOT, drain, events, no_traceback, queue_counts, run
+from tests.helpers import (
+    ROOT,
+    drain,
+    events,
+    no_traceback,
+    queue_counts,
+    run,
+    spawn,
+    wait_for_event,
+)
 
 
 def csv_lines() -> list[str]:
@@ -69,3 +79,42 @@ def test_missing_csv_says_so_and_exits_2(env):
     assert r.returncode == 2
     assert "nope.csv: no such file" in r.stderr
     assert "hint:" in r.stderr and no_traceback(r.stderr)
+
+
+# -- warnings before the surprise ---------------------------------------------------------------
+def test_emit_with_no_worker_listening_says_so_and_how_to_start_one(env, queue, logs):
+    r = run("emit", "--message", "Hello.", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("published 1 task to queue")  # one task, not "1 tasks"
+    assert f"note: no worker is listening on queue {queue} yet" in r.stderr
+    assert f"hint: start a worker in another terminal: work --queue {queue}" in r.stderr
+    assert "warning:" not in r.stderr  # the queue was new: nothing was waiting in it
+    started = [e for e in events(logs / "emitter.log") if e["event"] == "emit_started"]
+    assert started[-1]["waiting"] == "0" and started[-1]["consumers"] == "0"
+
+
+def test_emit_run_twice_says_how_many_tasks_were_already_waiting(env, queue):
+    assert run("emit", "-m", "a .", "-m", "b .", env=env).returncode == 0
+    again = run("emit", "-m", "a .", "-m", "b .", env=env)
+    assert again.returncode == 0, again.stderr
+    assert (
+        f"warning: 2 tasks from before this run were already waiting in queue {queue}"
+        in again.stderr
+    )
+    assert f"'tasks purge --queue {queue}' empties the queue" in again.stderr
+    # --quiet hides the note about workers, never the warning.
+    quiet = run("emit", "-m", "c .", "--quiet", env=env)
+    assert quiet.returncode == 0
+    assert quiet.stderr.startswith("warning: 4 tasks from before this run were already")
+    assert "note:" not in quiet.stderr
+
+
+def test_emit_with_a_worker_listening_gives_no_note_about_workers(env, queue, logs, tmp_path):
+    w = spawn("work", "--name", "listening", env=env, out=tmp_path / "w.out")
+    wait_for_event(logs / "worker-listening.log", "worker_ready", alive=w)
+    r = run("emit", "--message", "no dots", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "no worker is listening" not in r.stderr and "warning:" not in r.stderr
+    wait_for_event(logs / "worker-listening.log", "done", alive=w)
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0, w.output()

@@ -125,7 +125,7 @@ def test_a_queue_deleted_mid_run_is_reported_as_unroutable_rows(
 
     assert emit.wait() == 3
     out = emit.output()
-    assert "3 task(s) could not be routed to the queue (rows 6, 7, 8)" in out
+    assert "3 tasks could not be routed to the queue (rows 6, 7, 8)" in out
     assert "confirmed rows 1..5 of 8; rerun with --start-row 6" in out
     assert no_traceback(out) and "published 8 tasks" not in out
     failed = [e for e in events(logs / "emitter.log") if e["event"] == "emit_failed"][-1]
@@ -149,7 +149,7 @@ def test_nacked_rows_are_republished_a_few_times_then_reported(
         [str(BIN / "emit"), str(csv)], env=emit_env, capture_output=True, text=True, cwd=ROOT
     )
     assert r.returncode == 3
-    assert "the broker refused 2 task(s) (rows 4, 5) after 3 republishes each" in r.stderr
+    assert "the broker refused 2 tasks (rows 4, 5) after 3 republishes each" in r.stderr
     assert "confirmed rows 1..3 of 5; rerun with --start-row 4" in r.stderr
     assert "x-max-length" in r.stderr and no_traceback(r.stderr)
     failed = [e for e in events(logs / "emitter.log") if e["event"] == "emit_failed"][-1]

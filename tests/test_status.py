@@ -49,7 +49,7 @@ def test_status_shows_ready_unacked_consumers_type_dead_letters_and_rates(
         assert (q["ready"], q["consumers"], q["unacked"]) == (3, 1, 1)
         r = run("tasks", "status", env=env)
         assert "ready 3, unacked 1, consumers 1" in r.stdout
-        assert f"dead-letter queue '{queue}.dead': 1 message(s)" in r.stdout
+        assert f"dead-letter queue '{queue}.dead': 1 message" in r.stdout
         assert "rates (per second, from the management API)" in r.stdout
     finally:
         w.kill()
@@ -74,10 +74,10 @@ def test_purge_asks_first_and_removes_nothing_when_declined(env, broker_url, que
     assert run("emit", "--message", "a .", "--message", "b .", env=env).returncode == 0
     r = run("tasks", "purge", env=env, input=b"n\n")
     assert r.returncode == 1 and "nothing removed" in r.stdout
-    assert "Remove all 2 ready message(s)" in r.stdout
+    assert "Remove all 2 ready messages" in r.stdout
     assert queue_counts(broker_url, queue) == (2, 0)
     r = run("tasks", "purge", env=env, input=b"y\n")
-    assert r.returncode == 0 and "removed 2 message(s)" in r.stdout
+    assert r.returncode == 0 and "removed 2 messages" in r.stdout
     assert queue_counts(broker_url, queue) == (0, 0)
 
 
@@ -88,7 +88,7 @@ def test_purge_yes_removes_without_asking_and_says_how_many(env, broker_url, que
     )
     r = run("tasks", "purge", "--yes", env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"removed 3 message(s) from queue '{queue}'"
+    assert r.stdout.strip() == f"removed 3 messages from queue '{queue}'"
     assert queue_counts(broker_url, queue) == (0, 0)
     r = run("tasks", "purge", "--yes", "--queue", f"{queue}-none", env=env)
     assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -205,12 +205,12 @@ def test_the_log_file_rotates_by_size_and_keeps_parseable_lines(tmp_path, monkey
     assert all(parse_line(ln) for ln in lines)
 
 
-def test_the_terminal_line_puts_the_note_first_and_leaves_out_worker_and_run():
+def test_the_terminal_line_names_the_row_and_the_note_and_leaves_the_ids_to_the_log_file():
     text = format_human(
         "shutdown_warm", worker="w1", task="r-3", row=3, run="r", note="warm stop (1 of 2)"
     )
-    assert text.endswith("shutdown_warm  warm stop (1 of 2) task=r-3 row=3")
-    assert "worker=" not in text and "run=" not in text
+    assert text.endswith("shutdown_warm row 3     warm stop (1 of 2)")
+    assert "w1" not in text and "r-3" not in text
 
 
 def test_a_value_ending_in_a_newline_stays_on_its_line():

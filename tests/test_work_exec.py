@@ -89,7 +89,7 @@ def test_exec_acks_exit_0_dead_letters_exit_1_and_timeouts_and_keeps_bodies_iner
         p.headers["source-row"]: p.headers["x-failure-reason"]
         for _m, p, _b in drain(broker_url, f"{queue}.dead")
     }
-    assert reasons[2].startswith("failed 1 times; last: command exited with code 1")
+    assert reasons[2].startswith("failed 1 time; last: command exited with code 1")
     assert "timed out after 1 s" in reasons[3]
     assert queue_counts(broker_url, queue) == (0, 0)
 
@@ -171,13 +171,13 @@ def test_tasks_dead_lists_without_consuming_and_requeue_sends_them_back_afresh(
     for _ in range(2):  # listing twice shows the same: nothing was taken away
         listed = run("tasks", "dead", env=env)
         assert listed.returncode == 0, listed.stderr
-        assert "2 dead letter(s)" in listed.stdout
+        assert "2 dead letters" in listed.stdout
         assert "row 1 " in listed.stdout and "row 2 " in listed.stdout
         assert "command exited with code 1" in listed.stdout and "'second'" in listed.stdout
     assert queue_counts(broker_url, f"{queue}.dead")[0] == 2
     moved = run("tasks", "dead", "--requeue", env=env)
     assert moved.returncode == 0, moved.stderr
-    assert "moved 2 dead letter(s) back" in moved.stdout
+    assert "moved 2 dead letters back" in moved.stdout
     assert queue_counts(broker_url, f"{queue}.dead")[0] == 0
     back = drain(broker_url, queue)
     assert sorted(b for _m, _p, b in back) == [b"first", b"second"]

@@ -43,7 +43,8 @@ def test_a_task_failing_its_last_attempt_is_dead_lettered_with_why(
     # killed mid-task counts too, or the limit was lowered since): dead-letter it now.
     d = decide(Outcome.FAILED, attempt, queue_type, max_attempts, "timed out after 1 s")
     assert d.action is Action.DEAD_LETTER and not d.done
-    assert d.reason == f"failed {attempt} times; last: timed out after 1 s"
+    times = "1 time" if attempt == 1 else f"{attempt} times"
+    assert d.reason == f"failed {times}; last: timed out after 1 s"
 
 
 def test_a_poison_message_is_dead_lettered_at_once_with_the_decode_error():

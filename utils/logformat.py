@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from utils.terminal import Terminal
+
 _BARE = re.compile(r'^[^\s"=]+\Z')  # \Z: $ would let a trailing newline through
 _PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
 
@@ -46,7 +48,7 @@ def _value(v: Any) -> str:
 
 def format_event(event: str, **fields: Any) -> str:
     """One log line for an event; fields whose value is None are left out."""
-    return _file_and_terminal_lines(now_iso(), event, fields, terminal=False)[0]
+    return _file_and_terminal_lines(now_iso(), event, fields)[0]
 
 
 def parse_line(line: str) -> dict[str, str] | None:
@@ -81,40 +83,30 @@ def shorten(text: str, limit: int = BODY_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-#: Fields the terminal echo leaves out (they are in the log file).
-_QUIET_FIELDS = ("worker", "run")
-
-
 def format_human(event: str, **fields: Any) -> str:
-    """A shorter terminal form of an event: time, event, the note as prose, then the fields.
+    """The terminal form of an event as a pipe gets it (utils/terminal.py): one plain line.
 
-    23:59:01 started        task=...-3 row=3 dots=2 attempt=1 body="Task 3 .."
-    23:59:04 shutdown_warm  warm stop (1 of 2): finishing the current task, ...
+    23:59:01 started       row 3     Task 3 ..
+    23:59:04 shutdown_warm row 3     warm stop (1 of 2): finishing the current task, ...
     """
-    return _file_and_terminal_lines(now_iso(), event, fields)[1]
+    return _file_and_terminal_lines(now_iso(), event, fields, Terminal())[1]
 
 
 def _file_and_terminal_lines(
-    ts: str, event: str, fields: dict[str, Any], terminal: bool = True
+    ts: str, event: str, fields: dict[str, Any], terminal: Terminal | None = None
 ) -> tuple[str, str]:
-    """The log-file line and (if `terminal`) the terminal line of one event.
-
-    Each value is formatted once for both.
-    """
+    """The log-file line and (given a `terminal`) the terminal line of one event."""
     pairs = [(k, _value(v)) for k, v in fields.items() if v is not None]
     line = " ".join([f"ts={ts}", f"event={event}"] + [f"{k}={v}" for k, v in pairs])
-    if not terminal:
+    if terminal is None:
         return line, ""
-    note = fields.get("note") or ""
-    rest = " ".join(f"{k}={v}" for k, v in pairs if k != "note" and k not in _QUIET_FIELDS)
-    # The time as in the log file (UTC), so the two are easy to match.
-    return line, " ".join(x for x in (f"{ts[11:19]} {event:<14}", note, rest) if x)
+    return line, terminal.line(ts, event, fields)
 
 
 class EventLog:
     """Writes event lines to a rotating file and, optionally, to the terminal."""
 
-    def __init__(self, path: Path, *, echo: bool = True, human: bool = False) -> None:
+    def __init__(self, path: Path, *, echo: bool = True, terminal: Terminal | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # One logger per file; handlers are added once, however often this is built.
@@ -130,8 +122,8 @@ class EventLog:
         self.echo = echo
         self._size = path.stat().st_size if path.exists() else 0
         self._pending: list[tuple[str, dict[str, Any], str]] = []
-        #: Echo a shorter, friendlier form to the terminal; the file keeps key=value lines.
-        self.human = human
+        #: Echo a person's form of each event (utils/terminal.py) instead of the file's line.
+        self.terminal = terminal
 
     def defer(self, event: str, **fields: Any) -> None:
         """Stamp an event now but write it at the next flush() or event(), in order.
@@ -146,22 +138,25 @@ class EventLog:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        friendly = self.echo and self.human
+        terminal = self.terminal if self.echo else None
         lines = [
-            _file_and_terminal_lines(ts, event, fields, friendly) for event, fields, ts in pending
+            _file_and_terminal_lines(ts, event, fields, terminal) for event, fields, ts in pending
         ]
         self._write("\n".join(line for line, _human in lines))
         if self.echo:
-            texts = [human if friendly else line for line, human in lines]
-            print("\n".join(texts), file=sys.stderr, flush=True)
+            texts = [human if terminal is not None else line for line, human in lines]
+            texts = [t for t in texts if t]  # a terminal may show nothing for an event
+            if texts:
+                print("\n".join(texts), file=sys.stderr, flush=True)
 
     def event(self, event: str, **fields: Any) -> str:
         """Write one event now, after any deferred ones; returns its log-file line."""
         self.flush()
-        line, human = _file_and_terminal_lines(now_iso(), event, fields, self.echo and self.human)
+        terminal = self.terminal if self.echo else None
+        line, human = _file_and_terminal_lines(now_iso(), event, fields, terminal)
         self._write(line)
-        if self.echo:
-            print(human if self.human else line, file=sys.stderr, flush=True)
+        if self.echo and (human or terminal is None):
+            print(human if terminal is not None else line, file=sys.stderr, flush=True)
         return line
 
     def _write(self, line: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -21,10 +22,40 @@ from utils.settings import (
     QUEUE_TYPES,
     Settings,
     TlsFiles,
+    mask_url,
     split_urls,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class EnvOption(click.Option):
+    """An option whose --help names its environment variable, and says so when it is set.
+
+    click shows `[default: ...]` even when the variable overrides it; a person who set
+    AMQP_URL long ago would read the wrong broker there. So a set variable is shown with
+    its value (passwords masked) as the one in effect.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("show_envvar", True)
+        super().__init__(*args, **kwargs)
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        """click's extras, with the variable's value when it is set (and so wins)."""
+        extra = super().get_help_extra(ctx)
+        names = [self.envvar] if isinstance(self.envvar, str) else list(self.envvar or ())
+        for name in names:
+            value = os.environ.get(name)
+            if value:  # click, too, ignores a variable set to ""
+                extra["envvars"] = (f"{name}={_masked(value)}, in effect",)
+                break
+        return extra
+
+
+def _masked(value: str) -> str:
+    """Each URL in a list of them with its password masked."""
+    return "".join(mask_url(part) for part in re.split(r"([,\s]+)", value))
 
 
 def _urls(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -48,40 +79,44 @@ def broker_options(f: F) -> F:
             "urls",
             multiple=True,
             envvar="AMQP_URL",
+            cls=EnvOption,
             default=(DEFAULT_URL,),
             show_default=True,
             callback=_urls,
-            help="Broker URL (env AMQP_URL). Repeat it, or separate URLs with commas, "
+            help="Broker URL. Repeat it, or separate URLs with commas, "
             "to name the nodes of a cluster.",
         ),
         click.option(
             "--queue",
             envvar="TASK_QUEUE",
+            cls=EnvOption,
             default=DEFAULT_QUEUE,
             show_default=True,
-            help="The work queue (env TASK_QUEUE); the RabbitMQ tutorial's name by default.",
+            help="The work queue; the RabbitMQ tutorial's name by default.",
         ),
         click.option(
             "--queue-type",
             envvar="TASK_QUEUE_TYPE",
+            cls=EnvOption,
             type=click.Choice(QUEUE_TYPES),
             default="quorum",
             show_default=True,
-            help="Type of a queue we create (env TASK_QUEUE_TYPE). An existing queue is used "
-            "as it is.",
+            help="Type of a queue we create. An existing queue is used as it is.",
         ),
         click.option(
             "--log-dir",
             envvar="TASK_LOG_DIR",
+            cls=EnvOption,
             type=click.Path(file_okay=False, path_type=Path),
             default=Path("logs"),
             show_default=True,
-            help="Where log files go (env TASK_LOG_DIR).",
+            help="Where log files go.",
         ),
         *[
             click.option(
                 f"--{name}",
                 envvar=f"TASK_{name.upper().replace('-', '_')}",
+                cls=EnvOption,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path),
                 expose_value=False,
                 callback=_remember_tls,
@@ -90,14 +125,10 @@ def broker_options(f: F) -> F:
             for name, text in (
                 (
                     "ca-cert",
-                    "PEM file of the CA that signed the broker's certificate, for "
-                    "amqps:// URLs (env TASK_CA_CERT).",
+                    "PEM file of the CA that signed the broker's certificate, for amqps:// URLs.",
                 ),
-                (
-                    "client-cert",
-                    "PEM client certificate, if the broker asks for one (env TASK_CLIENT_CERT).",
-                ),
-                ("client-key", "PEM key of the client certificate (env TASK_CLIENT_KEY)."),
+                ("client-cert", "PEM client certificate, if the broker asks for one."),
+                ("client-key", "PEM key of the client certificate."),
             )
         ],
     ]
@@ -141,6 +172,8 @@ def handle_errors(f: F) -> F:
         except TaskToolError as exc:
             fail(exc.message, exc.hint, exc.exit_code)
         except KeyboardInterrupt:
+            if sys.stderr.isatty():
+                click.echo("", err=True)  # the TTY echoed ^C where our line would start
             fail("interrupted", "", ExitCode.COLD_STOP)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise

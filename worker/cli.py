@@ -6,13 +6,15 @@ import os
 import re
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import click
 
 from utils.errors import ExitCode, TaskToolError
 from utils.logformat import EventLog
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import EnvOption, broker_options, handle_errors, make_settings
+from utils.terminal import Terminal
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
 
@@ -34,6 +36,7 @@ def log_path(log_dir: Path, name: str) -> Path:
     default=1.0,
     show_default=True,
     envvar="SECONDS_PER_DOT",
+    cls=EnvOption,
     help="The simulated task sleeps this long for every '.' in its body.",
 )
 @click.option(
@@ -125,14 +128,20 @@ def main(
         task_timeout=task_timeout,
         max_attempts=max_attempts,
     )
-    log = EventLog(log_path(log_dir, name), echo=not quiet, human=True)
+    path = log_path(log_dir, name)
+    terminal = Terminal.for_stream(sys.stderr, path)
+    log = EventLog(path, echo=not quiet, terminal=terminal)
     worker = Worker(settings, opts, handler, log)
 
     def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT:
+            terminal.interrupted()  # the TTY echoed ^C where the next line would start
         worker.request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if terminal.is_tty and hasattr(signal, "SIGWINCH"):
+        signal.signal(signal.SIGWINCH, lambda signum, frame: terminal.resized())
     tally = worker.tally
     try:
         worker.run()
@@ -151,6 +160,6 @@ def main(
             busy=tally.busy,
             stop=tally.stop,
         )
-    click.echo(tally.line(name), err=True)
+    click.echo(terminal.text(tally.line(name)), err=True)
     if worker.stop_stage == 2:
         raise SystemExit(int(ExitCode.COLD_STOP))

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from utils.plural import plural
 from utils.task import Task
 
 #: Captured output of a command is cut to this many characters in the log.
@@ -93,7 +94,7 @@ class RunCommand:
                     raise Cancelled() from None
         text = out.decode("utf-8", "replace")
         if len(text) > OUTPUT_CHARS:
-            text = text[:OUTPUT_CHARS] + f"… ({len(text) - OUTPUT_CHARS} more characters)"
+            text = text[:OUTPUT_CHARS] + f"… ({plural(len(text) - OUTPUT_CHARS, 'more character')})"
         if proc.returncode != 0:
             raise TaskFailed(f"command exited with code {proc.returncode}", text)
         return text

@@ -15,6 +15,7 @@ from typing import Any
 from utils import broker
 from utils.errors import ConnectionLost
 from utils.logformat import EventLog, shorten
+from utils.plural import plural
 from utils.task import H_ATTEMPT, H_REASON
 
 #: How many finished-but-unacked task ids a worker remembers.
@@ -91,7 +92,7 @@ def decide(
     if outcome is POISON:
         return Decision(DEAD_LETTER, reason)
     if attempt >= max_attempts:
-        return Decision(DEAD_LETTER, f"failed {attempt} times; last: {reason}")
+        return Decision(DEAD_LETTER, f"failed {plural(attempt, 'time')}; last: {reason}")
     if queue_type == "quorum":
         return Decision(RETRY_REQUEUE, attempt=attempt + 1)
     # A classic queue (or one of a type we could not tell) keeps no count of deliveries.

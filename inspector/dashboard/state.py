@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from utils.logformat import parse_ts
+from utils.plural import plural
 from utils.settings import mask_url
 
 #: Runs kept at once (the newest by id, and the one --run pins); older ones are forgotten.
@@ -519,7 +520,8 @@ class DashboardState:
                 out[w.name] = (
                     "gone",
                     f"silent for {now - w.last_seen:.0f} s, and the queue has "
-                    f"{consumers} consumer(s) for {len(online)} worker(s) that seemed online",
+                    f"{plural(consumers, 'consumer')} for {plural(len(online), 'worker')} "
+                    "that seemed online",
                 )
         return out
 
