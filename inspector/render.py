@@ -17,6 +17,7 @@ from typing import Any
 from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary, times
 from inspector.runs import Run, Skipped
 from inspector.whereabouts import Whereabouts
+from utils.plural import plural
 
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
 JSON_SCHEMA = 2
@@ -67,7 +68,7 @@ def render_text(
     e = run.emitted
     status = "" if run.emit_status == "done" else f" [emit {run.emit_status}]"
     what = (
-        f"{s.audit.emitted} tasks from {e.get('source', '?')} "
+        f"{plural(s.audit.emitted, 'task')} from {e.get('source', '?')} "
         f"to queue {e.get('queue', '?')} (order: {s.figures.order}){status}"
     )
     head = (
@@ -179,7 +180,7 @@ def render_audit(s: RunSummary, w: Whereabouts | None = None) -> list[str]:
     for d in au.redelivered:
         lines.append(
             f"  redelivered: row {d.row} ({d.task_id}) went to {', '.join(d.workers)}, "
-            f"done {d.times_done} time(s): {d.cause}"
+            f"done {plural(d.times_done, 'time')}: {d.cause}"
         )
     if au.missing:
         why = (
