@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,10 @@ class EventLog:
         self._pending: list[tuple[str, dict[str, Any], str]] = []
         #: Echo a shorter, friendlier form to the terminal; the file keeps key=value lines.
         self.human = human
+        #: Called with the text of each write to the file (one or more lines, no final
+        #: newline), and True when it was an event written at once rather than deferred:
+        #: the event stream (utils/events.py) sends the same lines to the broker.
+        self.sink: Callable[[str, bool], None] | None = None
 
     def defer(self, event: str, **fields: Any) -> None:
         """Stamp an event now but write it at the next flush() or event(), in order.
@@ -150,7 +155,10 @@ class EventLog:
         lines = [
             _file_and_terminal_lines(ts, event, fields, friendly) for event, fields, ts in pending
         ]
-        self._write("\n".join(line for line, _human in lines))
+        text = "\n".join(line for line, _human in lines)
+        self._write(text)
+        if self.sink is not None:
+            self.sink(text, False)
         if self.echo:
             texts = [human if friendly else line for line, human in lines]
             print("\n".join(texts), file=sys.stderr, flush=True)
@@ -160,6 +168,8 @@ class EventLog:
         self.flush()
         line, human = _file_and_terminal_lines(now_iso(), event, fields, self.echo and self.human)
         self._write(line)
+        if self.sink is not None:
+            self.sink(line, True)
         if self.echo:
             print(human if self.human else line, file=sys.stderr, flush=True)
         return line
