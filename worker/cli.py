@@ -11,8 +11,15 @@ from pathlib import Path
 import click
 
 from utils.errors import ExitCode, TaskToolError
+from utils.events import open_event_stream
 from utils.logformat import EventLog
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import (
+    broker_options,
+    events_options,
+    handle_errors,
+    make_events_config,
+    make_settings,
+)
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
 
@@ -83,6 +90,7 @@ def log_path(log_dir: Path, name: str) -> Path:
     help="AMQP heartbeat to ask for. [default: the broker's, 60 s]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Write events to the log file only.")
+@events_options
 @broker_options
 @handle_errors
 def main(
@@ -97,6 +105,9 @@ def main(
     max_attempts,
     heartbeat,
     quiet,
+    events,
+    events_max_age,
+    events_max_bytes,
     urls,
     queue,
     queue_type,
@@ -126,6 +137,8 @@ def main(
         max_attempts=max_attempts,
     )
     log = EventLog(log_path(log_dir, name), echo=not quiet, human=True)
+    config = make_events_config(events, events_max_age, events_max_bytes)
+    stream = open_event_stream(settings, config, f"work-{name}", log)
     worker = Worker(settings, opts, handler, log)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -151,6 +164,8 @@ def main(
             busy=tally.busy,
             stop=tally.stop,
         )
+        if stream is not None:
+            stream.close()  # its last events, worker_stopped included
     click.echo(tally.line(name), err=True)
     if worker.stop_stage == 2:
         raise SystemExit(int(ExitCode.COLD_STOP))
