@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -12,15 +14,18 @@ from inspector import timeline
 from inspector.analysis import RunSummary, summarise_run
 from inspector.render import render_text, report_csv, report_json
 from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
-from utils.errors import BadInput, ExitCode, NothingToDo
-from utils.options import handle_errors
+from inspector.stream import read_broker
+from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
+from utils.logformat import parse_ts
+from utils.options import broker_options, handle_errors, make_settings
+from utils.settings import Settings
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
 SKIPPED_SHOWN = 10
 
 
-def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> list[Run]:
+def _pick_runs(logs: LogSet, log_dir: Path | str, run_id: str | None, every: bool) -> list[Run]:
     if every:
         runs = all_runs(logs)
     elif run_id:
@@ -32,9 +37,15 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
         return runs
     if run_id:
         known = ", ".join(r.run_id for r in all_runs(logs)[-5:]) or "none"
+        where = f"{log_dir}/" if isinstance(log_dir, Path) else log_dir
         raise NothingToDo(
-            f"no log lines about run {run_id} in {log_dir}/",
+            f"no log lines about run {run_id} in {where}",
             f"the runs there are: {known} (use --all to see every run)",
+        )
+    if isinstance(log_dir, str):
+        raise NothingToDo(
+            f"no events about any run in {log_dir}",
+            "run 'emit' and some 'work' (with events on, the default) first",
         )
     if not log_dir.is_dir():
         raise NothingToDo(
@@ -47,7 +58,17 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
 
 
 @click.command()
-@click.argument("log_dir", type=LOG_DIR, default=Path("logs"), envvar="TASK_LOG_DIR")
+@click.argument("log_dir_arg", metavar="[LOG_DIR]", type=LOG_DIR, required=False)
+@click.option(
+    "--source",
+    type=click.Choice(["logs", "broker"]),
+    envvar="TASK_REPORT_SOURCE",
+    default="logs",
+    show_default=True,
+    help="logs: read LOG_DIR, what ran on this machine. broker: read the event stream "
+    "<queue>.events, what every worker and emit sent, from any machine; no log folder "
+    "needed (env TASK_REPORT_SOURCE).",
+)
 @click.option("--run", "run_id", metavar="ID", help="Report on this run. [default: the latest]")
 @click.option("--all", "every", is_flag=True, help="Report on every run in the logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON (docs/REPORT.md).")
@@ -58,21 +79,30 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
     metavar="FILE.png|FILE.svg|-",
     help="Draw a Gantt chart of the run to FILE; '-' prints a text timeline instead.",
 )
+@broker_options
 @handle_errors
 def report(
-    log_dir: Path,
+    log_dir_arg: Path | None,
+    source: str,
     run_id: str | None,
     every: bool,
     as_json: bool,
     as_csv: bool,
     timeline_to: str | None,
+    urls: tuple[str, ...],
+    queue: str,
+    queue_type: str,
+    log_dir: Path,
 ) -> None:
     """Which worker did which task of a run, and whether any task was lost or run twice.
 
-    Reads LOG_DIR (default logs/): the emitter's log and every worker's, rotated files
-    too. Lines it cannot read are named on stderr and skipped. Exits 1 when a task of a
-    run shown was never done.
+    Reads LOG_DIR (default logs/, or --log-dir): the emitter's log and every worker's,
+    rotated files too. With --source broker, reads the event stream on the broker instead:
+    every machine's events, no log folder needed. Lines it cannot read are named on stderr
+    and skipped. Exits 1 when a task of a run shown was never done.
     """
+    log_dir = log_dir_arg or log_dir
+    settings = make_settings(urls, queue, queue_type, log_dir)
     if as_json and as_csv:
         raise BadInput("--json and --csv cannot be combined", "pick one")
     if (
@@ -84,11 +114,22 @@ def report(
             f"--timeline {timeline_to}: the picture must be a .png or .svg file",
             "or use --timeline - for a text timeline",
         )
-    logs = read_logs(log_dir)
-    runs = _pick_runs(logs, log_dir, run_id, every)
+    if source == "broker":
+        logs, got = read_broker(settings, since=_run_start(run_id))
+        runs = _pick_runs(logs, f"the event stream {got.name}", run_id, every)
+    else:
+        logs = read_logs(log_dir)
+        runs = _pick_runs(logs, log_dir, run_id, every)
     pairs = [(r, summarise_run(r)) for r in runs]
+    # What the stream knows that logs/ does not, said beside a report from the logs.
+    elsewhere = _elsewhere(settings, pairs) if source == "logs" else []
     if as_json:
-        click.echo(json.dumps(report_json(log_dir, pairs, logs.skipped), indent=2))
+        doc = report_json(log_dir, pairs, logs.skipped)
+        doc["source"] = source
+        if source == "broker":
+            doc["log_dir"] = None
+            doc["stream"] = got.name
+        click.echo(json.dumps(doc, indent=2))
     elif as_csv:
         click.echo(report_csv(pairs), nl=False)
     else:
@@ -98,6 +139,8 @@ def report(
             click.echo(render_text(r, s))
             if timeline_to == "-":
                 click.echo("\n" + timeline.text_timeline(s))
+    for line in elsewhere:
+        click.echo(("\n" if not (as_json or as_csv) else "") + line, err=as_json or as_csv)
     if timeline_to and timeline_to != "-":
         _draw(pairs[-1][1], Path(timeline_to), quiet=as_json or as_csv)
     elif timeline_to == "-" and (as_json or as_csv):
@@ -105,6 +148,57 @@ def report(
     _name_skipped(logs)
     if any(s.audit.missing for _r, s in pairs):
         raise SystemExit(int(ExitCode.NOTHING_DONE))
+
+
+def _run_start(run_id: str | None) -> datetime | None:
+    """When a run began, from its id (20261126T235900-ab12), to read the stream from there."""
+    if not run_id or len(run_id) < 15:
+        return None
+    try:
+        return parse_ts(
+            f"{run_id[0:4]}-{run_id[4:6]}-{run_id[6:8]}T{run_id[9:11]}:{run_id[11:13]}:"
+            f"{run_id[13:15]}Z"
+        )
+    except ValueError:
+        return None
+
+
+def _elsewhere(settings: Settings, pairs: list[tuple[Run, RunSummary]]) -> list[str]:
+    """Notes for runs of which the event stream knows more than these logs.
+
+    Best effort and quiet: no broker, no stream, or events turned off (TASK_EVENTS=0) means
+    no note, except a hint when rows are missing here.
+    """
+    if not pairs or os.environ.get("TASK_EVENTS", "").lower() in ("0", "false", "no", "off"):
+        return []
+    starts = [s.start for _r, s in pairs if s.start is not None]
+    starts += [t for r, _s in pairs if (t := _run_start(r.run_id)) is not None]
+    try:
+        theirs, _got = read_broker(settings, since=min(starts) if starts else None)
+    except TaskToolError:
+        if any(s.audit.missing for _r, s in pairs):
+            return [
+                "note: rows missing here may have run on other machines; "
+                "'tasks report --source broker' reads every worker's events from the broker"
+            ]
+        return []
+    notes = []
+    for run, ours in pairs:
+        other = theirs.runs.get(run.run_id)
+        if other is None:
+            continue
+        here = {t.task_id for t in ours.tasks if t.done}
+        there = [t for t in other.tasks.values() if t.done and t.task_id not in here]
+        if not there:
+            continue
+        workers = sorted({a.worker for t in there for a in t.done})
+        total = max(ours.audit.emitted, len(other.rows), len(other.tasks))
+        names = ", ".join(workers[:5]) + (", ..." if len(workers) > 5 else "")
+        notes.append(
+            f"note: {len(there)} of {total} tasks of run {run.run_id} ran on workers whose "
+            f"logs are not here ({names}); 'tasks report --source broker' shows them all"
+        )
+    return notes
 
 
 def _draw(s: RunSummary, path: Path, quiet: bool) -> None:
