@@ -181,3 +181,82 @@ def cluster_status(env: dict[str, str]) -> dict[str, object]:
 
 def port_of_node(hostport: str) -> int:
     return int(hostport.rsplit(":", 1)[1])
+
+
+def test_the_event_stream_survives_losing_a_node_and_the_report_still_reads_it(
+    cluster, tmp_path, logs
+):
+    queue = "cluster-events"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASK_", "AMQP_"))}
+    env.update(AMQP_URL=cluster, TASK_QUEUE=queue, TASK_LOG_DIR=str(logs), PYTHONUNBUFFERED="1")
+    workers = [
+        spawn(
+            "work",
+            "--name",
+            f"e{i}",
+            "--seconds-per-dot",
+            "0.005",
+            "--quiet",
+            env=env,
+            out=tmp_path / f"e{i}.out",
+        )
+        for i in range(3)
+    ]
+    for i, w in enumerate(workers):
+        wait_for_event(logs / f"worker-e{i}.log", "worker_ready", alive=w)
+    csv = tmp_path / "rows.csv"
+    csv.write_text("".join(f"Task {n} .\n" for n in range(1, 601)))
+    emitted = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "emit"), str(csv), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert emitted.returncode == 0, emitted.stderr
+    run_id = emitted.stdout.strip().rsplit(" ", 1)[1]
+    # Replicated as the work queue is: a member on every node.
+    stream = queue_info(f"{queue}.events")
+    assert len(stream["members"]) == 3, stream
+    wait_for("200 tasks done", lambda: done_count(logs) >= 200)
+
+    # The node that leads the stream goes, mid-run.
+    lost = port_of(str(stream["leader"]))
+    assert broker("stop", port=lost).returncode == 0
+    wait_for("all 600 tasks done", lambda: done_count(logs) >= 600, timeout=180)
+    for w in workers:
+        w.signal(15)
+    for w in workers:
+        assert w.wait() == 0, w.output()
+
+    # The broker-side report, read from the surviving nodes, tells what the logs tell.
+    ours = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "tasks"), "report", "--run", run_id, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    theirs = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "tasks"),
+            "report",
+            "--source",
+            "broker",
+            "--run",
+            run_id,
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    logs_run = json.loads(ours.stdout)["runs"][0]
+    broker_run = json.loads(theirs.stdout)["runs"][0]
+    assert broker_run["audit"]["missing"] == [] and broker_run["audit"]["emitted"] == 600
+    assert broker_run == logs_run
+
+    assert broker("start", port=lost).returncode == 0  # for the tests after this one

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 from pathlib import Path
 
 import pika
@@ -77,8 +78,8 @@ def test_a_full_buffer_drops_new_events_counts_them_and_says_so_at_exit(tmp_path
     settings = Settings(urls=("amqp://guest:guest@localhost:1/%2F",), queue="q")
     stream = EventStream(settings, EventsConfig(), "test", buffer_chars=100)
     log = EventLog(tmp_path / "w.log", echo=False)
-    log.sink = stream.add  # not attached: no thread, nothing is sent
-    stream._log = log
+    stream.attach(log)
+    stream._thread = threading.Thread(target=lambda: None)  # no sender: nothing is sent
     for n in range(10):
         log.event("done", task=f"t-{n}")
     dropped = stream._dropped

@@ -180,6 +180,7 @@ class EventStream:
         self._closing = False
         self._unconfirmed: deque[_Batch] = deque()
         self._thread: threading.Thread | None = None
+        self._connected = False  # the sender thread connected at least once
         self._log: EventLog | None = None
         #: Why the stream is not used (access refused, not a stream), once known.
         self.off_reason = ""
@@ -190,15 +191,17 @@ class EventStream:
 
     # -- the writer's side (the worker's or emitter's main thread) ---------------------------
     def attach(self, event_log: EventLog) -> EventStream:
-        """Become the log's sink and start sending; returns self."""
+        """Become the log's sink; sending starts with the first line (a command that fails
+        before it logs anything, on bad input say, does not even create the stream)."""
         self._log = event_log
         event_log.sink = self.add
-        self._thread = threading.Thread(target=self._run, name="event-stream", daemon=True)
-        self._thread.start()
         return self
 
     def add(self, text: str, urgent: bool) -> None:
         """Buffer one write of the log (one or more lines); `urgent` sends it soon."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="event-stream", daemon=True)
+            self._thread.start()
         if self.off_reason:
             return
         if self._added - self._done + len(text) > self.buffer_chars:
@@ -228,7 +231,7 @@ class EventStream:
                 reason=self.off_reason,
                 note="events were not sent to the broker; this log has them all",
             )
-        elif unsent:
+        elif unsent and self._connected:  # (never connected: the command failed to, too)
             event_log.event(
                 "events_unsent",
                 stream=self.name,
@@ -256,7 +259,6 @@ class EventStream:
     def _run(self) -> None:
         backoff = broker.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         publisher: broker.StreamPublisher | None = None
-        connected_once = False
         while True:
             if publisher is None:
                 if self._closing and not self._has_work():
@@ -272,9 +274,9 @@ class EventStream:
                         return  # at exit, no second chance: close() says what is unsent
                     self._wake.wait(backoff.next())
                     continue
-                if connected_once:
+                if self._connected:
                     self.reconnects += 1
-                connected_once = True
+                self._connected = True
             try:
                 self._send_unconfirmed(publisher)  # first those a lost connection left
                 batch = self._take()
