@@ -234,3 +234,22 @@ def test_a_batch_sent_twice_counts_once(env, queue):
     assert (got.batches, got.duplicates, len(got.events)) == (1, 1, 4)
     rep = broker_report(env, "20261127T000000-aaaa")
     assert rep["audit"]["done_once"] == [1] and rep["audit"]["duplicates"] == []
+
+
+def test_a_stream_the_user_may_not_use_turns_events_off_and_the_task_goes_on(make_node, env):
+    node = make_node()
+    node.ctl("add_user", "limited", "secret-pw")
+    queue = env["TASK_QUEUE"]
+    ours = f"^{queue}(\\.dead)?$"  # not <queue>.events
+    write = f"^({queue}(\\.dead)?|amq\\.default)$"  # publishing goes through amq.default
+    node.ctl("set_permissions", "-p", "/", "limited", ours, write, ours)
+    e = {**env, "AMQP_URL": f"amqp://limited:secret-pw@localhost:{node.port}/%2F"}
+    r = run("emit", "--message", "One.", env=e)
+    assert r.returncode == 0, r.stderr
+    assert "note: events not sent to the broker" in r.stderr
+    r = run("work", "--max-tasks", "1", "--seconds-per-dot", "0", "-q", env=e)
+    assert r.returncode == 0, r.stderr
+    assert "not sending events to the stream" in r.stderr and "Traceback" not in r.stderr
+    worker_log = next(Path(env["TASK_LOG_DIR"]).glob("worker-*.log"))
+    kinds = [x["event"] for x in events(worker_log)]
+    assert "done" in kinds and kinds[-1] == "events_off"

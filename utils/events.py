@@ -66,6 +66,9 @@ CLOSE_WAIT = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 10.0
 
+#: The broker's reply code when a user may not write to the stream.
+ACCESS_REFUSED = 403
+
 DEFAULT_MAX_AGE = "7D"
 DEFAULT_MAX_BYTES = 1_000_000_000
 
@@ -176,7 +179,8 @@ class EventStream:
         self._done = 0  # characters confirmed (or given up), by the sender thread
         self._dropped = 0  # events not buffered because the buffer was full, by the writer
         self._dropped_told = 0
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # send soon: an urgent line, or close()
+        self._closed = threading.Event()  # ends a back-off wait: close()
         self._closing = False
         self._unconfirmed: deque[_Batch] = deque()
         self._thread: threading.Thread | None = None
@@ -221,6 +225,7 @@ class EventStream:
             self._tell_dropped(event_log)
         self._closing = True
         self._wake.set()
+        self._closed.set()
         self._thread.join(wait)
         event_log.sink = None
         unsent = self._unsent_lines()
@@ -272,7 +277,7 @@ class EventStream:
                     log.debug("event stream: cannot connect: %s", exc.message)
                     if self._closing:
                         return  # at exit, no second chance: close() says what is unsent
-                    self._wake.wait(backoff.next())
+                    self._closed.wait(backoff.next())
                     continue
                 if self._connected:
                     self.reconnects += 1
@@ -300,9 +305,12 @@ class EventStream:
                 log.debug("event stream: %s", exc.message)
                 publisher.connection.close()
                 publisher = None
+                if getattr(exc, "reply_code", None) == ACCESS_REFUSED:
+                    self._give_up(exc.message)  # may not write to it: retrying cannot help
+                    return
                 if self._closing:
                     continue  # one more try at once: the broker may be back
-                self._wake.wait(backoff.next())
+                self._closed.wait(backoff.next())
 
     def _has_work(self) -> bool:
         return bool(self._unconfirmed or self._chunks)
