@@ -13,7 +13,15 @@ import pytest
 
 from inspector.analysis import summarise_run
 from inspector.runs import latest_run, read_logs
-from tests.helpers import ROOT, broker_script, events, spawn, wait_for, wait_for_event
+from tests.helpers import (
+    ROOT,
+    Proc,
+    broker_script,
+    events,
+    spawn,
+    wait_for,
+    wait_for_event,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,26 +75,34 @@ def done_count(logs: Path) -> int:
     return sum(1 for f in logs.glob("worker-*.log") for e in events(f) if e["event"] == "done")
 
 
+def three_workers(
+    urls: str, queue: str, logs: Path, tmp_path: Path, prefix: str, per_dot: str
+) -> tuple[dict[str, str], list[Proc]]:
+    """The environment for the cluster's queue, and 3 workers on it, each ready."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASK_", "AMQP_"))}
+    env.update(AMQP_URL=urls, TASK_QUEUE=queue, TASK_LOG_DIR=str(logs), PYTHONUNBUFFERED="1")
+    workers = []
+    for i in range(3):
+        name = f"{prefix}{i}"
+        w = spawn(
+            "work",
+            "--name",
+            name,
+            "--seconds-per-dot",
+            per_dot,
+            "--quiet",
+            env=env,
+            out=tmp_path / f"{name}.out",
+        )
+        wait_for_event(logs / f"worker-{name}.log", "worker_ready", alive=w)
+        workers.append(w)
+    return env, workers
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, logs):
     queue = f"cluster-{how}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASK_", "AMQP_"))}
-    env.update(AMQP_URL=cluster, TASK_QUEUE=queue, TASK_LOG_DIR=str(logs), PYTHONUNBUFFERED="1")
-    workers = [
-        spawn(
-            "work",
-            "--name",
-            f"c{i}",
-            "--seconds-per-dot",
-            "0.002",
-            "--quiet",
-            env=env,
-            out=tmp_path / f"c{i}.out",
-        )
-        for i in range(3)
-    ]
-    for i, w in enumerate(workers):
-        wait_for_event(logs / f"worker-c{i}.log", "worker_ready", alive=w)
+    env, workers = three_workers(cluster, queue, logs, tmp_path, "c", "0.002")
     # The emitter reads its rows from a pipe we feed, so it is mid-run when the node goes.
     emitter = subprocess.Popen(
         [str(ROOT / ".venv" / "bin" / "emit"), "-", "--quiet"],
@@ -187,23 +203,7 @@ def test_the_event_stream_survives_losing_a_node_and_the_report_still_reads_it(
     cluster, tmp_path, logs
 ):
     queue = "cluster-events"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASK_", "AMQP_"))}
-    env.update(AMQP_URL=cluster, TASK_QUEUE=queue, TASK_LOG_DIR=str(logs), PYTHONUNBUFFERED="1")
-    workers = [
-        spawn(
-            "work",
-            "--name",
-            f"e{i}",
-            "--seconds-per-dot",
-            "0.005",
-            "--quiet",
-            env=env,
-            out=tmp_path / f"e{i}.out",
-        )
-        for i in range(3)
-    ]
-    for i, w in enumerate(workers):
-        wait_for_event(logs / f"worker-e{i}.log", "worker_ready", alive=w)
+    env, workers = three_workers(cluster, queue, logs, tmp_path, "e", "0.005")
     csv = tmp_path / "rows.csv"
     csv.write_text("".join(f"Task {n} .\n" for n in range(1, 601)))
     emitted = subprocess.run(
