@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.events import events_section
 from bench.peers import peers_section
 from bench.stats import fmt_num, fmt_ratio, fmt_spread, verdict
 
@@ -464,6 +465,7 @@ def render(r: dict[str, Any], notes: str = "") -> str:
         *memory_section(r),
         *scaling_section(r),
         *peers_section(r),
+        *events_section(r),
         "## Reproduce",
         "",
         "```",

@@ -110,9 +110,11 @@ class Admin:
         return last
 
     def delete(self, queue: str) -> None:
-        ch = self.conn.channel()
-        ch.queue_delete(queue)
-        ch.close()
+        """Delete a queue, and the event stream its workers and emit made (utils/events.py)."""
+        for name in (queue, queue + ".events"):
+            ch = self.conn.channel()
+            ch.queue_delete(name)
+            ch.close()
 
     def close(self) -> None:
         self.conn.close()
@@ -600,6 +602,12 @@ class Bench:
         }
         self.results["memory"] = out
 
+    # -- 7. the event stream: its cost to a worker, and reading it back (bench/events.py) -------
+    def bench_events(self) -> None:
+        from bench.events import bench_events
+
+        bench_events(self)
+
     # -- 6. peers: Dramatiq and Celery beside our worker (bench/peers.py) ------------------------
     def bench_peers(self) -> None:
         from bench.peers import bench_peers
@@ -675,7 +683,9 @@ def main() -> None:
     """Run every section, print progress, write bench/results/latest.json."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
-    ap.add_argument("--only", nargs="*", default=None, help="sections: emit work fair memory peers")
+    ap.add_argument(
+        "--only", nargs="*", default=None, help="sections: emit work fair memory peers events"
+    )
     ap.add_argument("--work-tasks", type=int, help="tasks per work and peers run (Plan's if unset)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
@@ -684,7 +694,7 @@ def main() -> None:
         plan = replace(plan, work_tasks=a.work_tasks)
     port = os.environ.get("BROKER_PORT", "5672")
     url = os.environ.get("AMQP_URL") or f"amqp://guest:guest@localhost:{port}/%2F"
-    sections = a.only or ["emit", "work", "fair", "memory", "peers"]
+    sections = a.only or ["emit", "work", "fair", "memory", "peers", "events"]
     say(f"bench: {', '.join(sections)} against {re.sub(r':[^:@/]*@', ':***@', url)}")
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

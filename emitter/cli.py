@@ -14,8 +14,16 @@ from emitter.emit import EmitOptions, EmitReport, emit_rows, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.errors import BadInput, ExitCode
+from utils.events import open_event_stream
 from utils.logformat import EventLog, shorten
-from utils.options import EnvOption, broker_options, handle_errors, make_settings
+from utils.options import (
+    EnvOption,
+    broker_options,
+    events_options,
+    handle_errors,
+    make_events_config,
+    make_settings,
+)
 from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
 
@@ -114,6 +122,7 @@ PREVIEW_ROWS = 5
     is_flag=True,
     help="No progress bar and no notes; errors, warnings and the summary still print.",
 )
+@events_options
 @broker_options
 @handle_errors
 def main(
@@ -133,6 +142,9 @@ def main(
     fast_path,
     open_admin,
     quiet,
+    events,
+    events_max_age,
+    events_max_bytes,
     urls,
     queue,
     queue_type,
@@ -179,6 +191,8 @@ def main(
         return
 
     log = EventLog(log_dir / "emitter.log", echo=False)
+    config = make_events_config(events, events_max_age, events_max_bytes)
+    stream = open_event_stream(settings, config, "emit", log)
     bar = None
 
     def on_start(total: int | None) -> None:
@@ -216,6 +230,10 @@ def main(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+        if stream is not None:
+            stream.close()  # the run's events, its manifest included
+            if stream.off_reason and not quiet:
+                click.echo(f"note: events not sent to the broker: {stream.off_reason}", err=True)
     if open_admin:
         _open_admin(report.result.url or settings.url, queue)
     r = report.result

@@ -12,7 +12,7 @@ from utils.errors import BrokerUnavailable, NothingToDo, TaskToolError
 from utils.logformat import EventLog
 from utils.plural import plural
 from utils.settings import Settings, mask_url
-from utils.task import Task, new_run_id
+from utils.task import Task, new_run_id, task_id
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ def emit_rows(
         listed = sorted(tasks, key=lambda t: -t.dots)  # stable: ties keep file order
         total = len(listed)
         tasks = iter(listed)
+    if total is not None:  # known before any row is sent: a reader knows what to expect
+        _log_manifest(log, run_id, name, settings.queue, opts, total)
 
     def on_event(event: str, **kw: object) -> None:
         log.event(event, run=run_id, **kw)
@@ -109,11 +111,14 @@ def emit_rows(
         fast_path=opts.fast_path,
     )
     result = publisher.publish(tasks, url, live=opts.source == "-")
+    stats_total_unknown = total is None
     if total is None:
         total = stats.selected
     if result.error is None and total == 0:
         raise NothingToDo(f"no tasks in {name}", "give it some rows (one task per row)")
     rows = _row_range(opts, total)
+    if stats_total_unknown:
+        _log_manifest(log, run_id, name, settings.queue, opts, total)
     ok = result.error is None and not result.unroutable and not result.nacked
     resume = "" if ok else resume_line(opts, total, result)
     log.event(
@@ -136,6 +141,25 @@ def emit_rows(
     )
     return EmitReport(
         run_id, total, stats, result, info.note, resume, info.messages, info.consumers
+    )
+
+
+def _log_manifest(
+    log: EventLog, run_id: str, source: str, queue: str, opts: EmitOptions, total: int
+) -> None:
+    """The run's manifest: every row it contains and their task ids, in one event.
+
+    With the event stream, this is how a report on another machine knows what was emitted
+    (rows are consecutive: FIRST-LAST; ids are the run id, a dash and the row).
+    """
+    log.event(
+        "run_manifest",
+        run=run_id,
+        source=source,
+        queue=queue,
+        total=total,
+        rows=_row_range(opts, total),
+        task_ids=task_id(run_id, 0)[:-1] + "{row}",
     )
 
 

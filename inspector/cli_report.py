@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -21,8 +23,10 @@ from inspector.render import (
     report_json,
 )
 from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
+from inspector.stream import read_broker
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
-from utils.errors import BadInput, ExitCode, NothingToDo
+from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
+from utils.logformat import parse_ts
 from utils.options import broker_options, handle_errors, make_settings
 from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, Settings
@@ -35,7 +39,7 @@ SKIPPED_SHOWN = 10
 MANAGEMENT_LAG = 6.0
 
 
-def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> list[Run]:
+def _pick_runs(logs: LogSet, log_dir: Path | str, run_id: str | None, every: bool) -> list[Run]:
     if every:
         runs = all_runs(logs)
     elif run_id:
@@ -47,9 +51,15 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
         return runs
     if run_id:
         known = ", ".join(r.run_id for r in all_runs(logs)[-5:]) or "none"
+        where = f"{log_dir}/" if isinstance(log_dir, Path) else log_dir
         raise NothingToDo(
-            f"no log lines about run {run_id} in {log_dir}/",
+            f"no log lines about run {run_id} in {where}",
             f"the runs there are: {known} (use --all to see every run)",
+        )
+    if isinstance(log_dir, str):
+        raise NothingToDo(
+            f"no events about any run in {log_dir}",
+            "run 'emit' and some 'work' (with events on, the default) first",
         )
     if not log_dir.is_dir():
         raise NothingToDo(
@@ -63,6 +73,16 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
 
 @click.command()
 @click.argument("folder", metavar="[LOG_DIR]", type=LOG_DIR, required=False)
+@click.option(
+    "--source",
+    type=click.Choice(["logs", "broker"]),
+    envvar="TASK_REPORT_SOURCE",
+    default="logs",
+    show_default=True,
+    help="logs: read LOG_DIR, what ran on this machine. broker: read the event stream "
+    "<queue>.events, what every worker and emit sent, from any machine; no log folder "
+    "needed (env TASK_REPORT_SOURCE).",
+)
 @click.option("--run", "run_id", metavar="ID", help="Report on this run. [default: the latest]")
 @click.option("--all", "every", is_flag=True, help="Report on every run in the logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON (docs/REPORT.md).")
@@ -83,6 +103,7 @@ def _pick_runs(logs: LogSet, log_dir: Path, run_id: str | None, every: bool) -> 
 @handle_errors
 def report(
     folder: Path | None,
+    source: str,
     run_id: str | None,
     every: bool,
     as_json: bool,
@@ -98,7 +119,9 @@ def report(
     """Which worker did which task of a run, and whether any task was lost or run twice.
 
     Reads LOG_DIR (default: --log-dir, logs/): the emitter's log and every worker's,
-    rotated files too. Lines it cannot read are named on stderr and skipped. For the
+    rotated files too. With --source broker, reads the event stream on the broker instead:
+    every machine's events, no log folder needed. Lines it cannot read are named on stderr
+    and skipped. For the
     tasks not done, it asks the broker (--url) whether they wait in the queue, are in
     progress, or were taken by another consumer. Exits 1 when a task of a run shown is
     missing: neither done, in the queue, in progress, dead-lettered, nor taken elsewhere.
@@ -115,12 +138,22 @@ def report(
             f"--timeline {timeline_to}: the picture must be a .png or .svg file",
             "or use --timeline - for a text timeline",
         )
-    logs = read_logs(log_dir)
-    runs = _pick_runs(logs, log_dir, run_id, every)
+    settings = make_settings(urls, queue, queue_type, log_dir)
+    where: Path | str = log_dir
+    if source == "broker":
+        since = _run_start(run_id)
+        logs, got = read_broker(settings, since=since)
+        if since is not None and "emit_started" not in logs.runs.get(str(run_id), Run("")).emitted:
+            # Its start is older than the id says (an emitter whose clock runs ahead of the
+            # broker's by more than the margin): read it all.
+            logs, got = read_broker(settings)
+        where = f"the event stream {got.name}"
+    else:
+        logs = read_logs(log_dir)
+    runs = _pick_runs(logs, where, run_id, every)
     every_run = [(r, summarise_run(r, logs.workers)) for r in all_runs(logs)]
     by_id = {r.run_id: s for r, s in every_run}
     pairs = [(r, by_id[r.run_id]) for r in runs]
-    settings = make_settings(urls, queue, queue_type, log_dir)
     wheres = _whereabouts(
         logs, pairs, every_run, None if logs_only else settings, management_url, as_json or as_csv
     )
@@ -131,11 +164,19 @@ def report(
     ]
     pairs = [(r, s) for r, s, _w in shown]
     untracked = summarise_untracked(logs.untracked)
+    # What the stream knows that logs/ does not, said beside a report from the logs.
+    elsewhere = _elsewhere(settings, pairs) if source == "logs" and not logs_only else []
     position = ""
     if not run_id and not every and len(every_run) > 1:
-        position = f"the latest of {len(every_run)} in {log_dir}/"
+        position = f"the latest of {len(every_run)} in " + (
+            f"{log_dir}/" if source == "logs" else str(where)
+        )
     if as_json:
         doc = report_json(log_dir, shown, logs.skipped, len(every_run), untracked)
+        doc["source"] = source
+        if source == "broker":
+            doc["log_dir"] = None
+            doc["stream"] = got.name
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     elif as_csv:
         click.echo(report_csv(pairs), nl=False)
@@ -143,6 +184,8 @@ def report(
         _echo_text(shown, position, timeline_to == "-")
         if render_untracked(untracked):
             click.echo("\n" + render_untracked(untracked))
+    for line in elsewhere:
+        click.echo(("\n" if not (as_json or as_csv) else "") + line, err=as_json or as_csv)
     if timeline_to and timeline_to != "-":
         _draw(pairs[-1][1], Path(timeline_to), quiet=as_json or as_csv)
     elif timeline_to == "-" and (as_json or as_csv):
@@ -190,6 +233,57 @@ def _echo_text(
         click.echo(render_text(r, s, w, position, width))
         if text_timeline:
             click.echo("\n" + timeline.text_timeline(s))
+
+
+def _run_start(run_id: str | None) -> datetime | None:
+    """When a run began, from its id (20261126T235900-ab12), to read the stream from there."""
+    if not run_id or len(run_id) < 15:
+        return None
+    try:
+        return parse_ts(
+            f"{run_id[0:4]}-{run_id[4:6]}-{run_id[6:8]}T{run_id[9:11]}:{run_id[11:13]}:"
+            f"{run_id[13:15]}Z"
+        )
+    except ValueError:
+        return None
+
+
+def _elsewhere(settings: Settings, pairs: list[tuple[Run, RunSummary]]) -> list[str]:
+    """Notes for runs of which the event stream knows more than these logs.
+
+    Best effort and quiet: no broker, no stream, or events turned off (TASK_EVENTS=0) means
+    no note, except a hint when rows are missing here.
+    """
+    if not pairs or os.environ.get("TASK_EVENTS", "").lower() in ("0", "false", "no", "off"):
+        return []
+    starts = [s.start for _r, s in pairs if s.start is not None]
+    starts += [t for r, _s in pairs if (t := _run_start(r.run_id)) is not None]
+    try:
+        theirs, _got = read_broker(settings, since=min(starts) if starts else None)
+    except TaskToolError:
+        if any(s.audit.missing for _r, s in pairs):
+            return [
+                "note: rows missing here may have run on other machines; "
+                "'tasks report --source broker' reads every worker's events from the broker"
+            ]
+        return []
+    notes = []
+    for run, ours in pairs:
+        other = theirs.runs.get(run.run_id)
+        if other is None:
+            continue
+        here = {t.task_id for t in ours.tasks if t.done}
+        there = [t for t in other.tasks.values() if t.done and t.task_id not in here]
+        if not there:
+            continue
+        workers = sorted({a.worker for t in there for a in t.done})
+        total = max(ours.audit.emitted, len(other.rows), len(other.tasks))
+        names = ", ".join(workers[:5]) + (", ..." if len(workers) > 5 else "")
+        notes.append(
+            f"note: {len(there)} of {total} tasks of run {run.run_id} ran on workers whose "
+            f"logs are not here ({names}); 'tasks report --source broker' shows them all"
+        )
+    return notes
 
 
 def _draw(s: RunSummary, path: Path, quiet: bool) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from utils.events import expand_rows
 from utils.logformat import parse_line, parse_ts
 
 
@@ -63,10 +65,12 @@ class Run:
 
     @property
     def rows(self) -> list[int]:
-        """The rows the emitter said it sent (rows=A-B, else 1..total)."""
+        """The rows the emitter said it sent (rows=A-B or its manifest's A-B,C,..., else 1..total)."""
         m = re.fullmatch(r"(\d+)-(\d+)", self.emitted.get("rows", ""))
         if m:
             return list(range(int(m[1]), int(m[2]) + 1))
+        if re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", self.emitted.get("rows", "")):
+            return expand_rows(self.emitted["rows"])
         total = self.emitted.get("total")
         return list(range(1, int(total) + 1)) if total and total.isdigit() else []
 
@@ -137,7 +141,9 @@ class LogSet:
 
 
 TASK_EVENTS = {"started", "done", "failed", "requeued", "dead_lettered", "ack_lost", "retry"}
-EMIT_EVENTS = {"emit_started", "emit_done", "emit_failed"}
+#: run_manifest: the rows a run contains, logged by emit before it sends them (or, reading
+#: stdin, once it knows them).
+EMIT_EVENTS = {"emit_started", "run_manifest", "emit_done", "emit_failed"}
 LIFE_EVENTS = {"worker_ready", "worker_stopped"}
 
 
@@ -172,10 +178,8 @@ def _why_unreadable(raw: str, last: bool, ends_with_newline: bool) -> str:
 
 def read_logs(log_dir: Path) -> LogSet:
     """Parse every log file in log_dir; lines we cannot read are listed, never fatal."""
-    runs: dict[str, Run] = {}
     skipped: list[Skipped] = []
-    events: list[tuple[datetime, int, str, int, dict[str, str]]] = []
-    seq = 0
+    events: list[tuple[str, int, dict[str, str]]] = []
     for path in log_files(log_dir):
         try:
             data = path.read_bytes()
@@ -192,12 +196,22 @@ def read_logs(log_dir: Path) -> LogSet:
                 why = _why_unreadable(raw, n == len(lines), text.endswith("\n"))
                 skipped.append(Skipped(path.name, n, why))
                 continue
-            seq += 1
-            events.append((_utc(parse_ts(fields["ts"])), seq, path.name, n, fields))
-    # seq keeps lines with the same millisecond in file order (started before done).
-    events.sort(key=lambda e: (e[0], e[1]))
-    logs = LogSet(runs, skipped)
-    for ts, _seq, name, n, f in events:
+            events.append((path.name, n, fields))
+    return fold_events(events, skipped)
+
+
+def fold_events(
+    events: Iterable[tuple[str, int, dict[str, str]]], skipped: list[Skipped]
+) -> LogSet:
+    """Fold parsed events (where each came from, its line there, its fields) into runs.
+
+    They are put in time order; events of the same millisecond keep the order given
+    (started before done). Events that cannot be used are added to `skipped`.
+    """
+    timed = [(_utc(parse_ts(f["ts"])), seq, e) for seq, e in enumerate(events) for f in (e[2],)]
+    timed.sort(key=lambda t: (t[0], t[1]))
+    logs = LogSet({}, skipped)
+    for ts, _seq, (name, n, f) in timed:
         why = _apply_event(logs, ts, f)
         if why:
             skipped.append(Skipped(name, n, why))
@@ -227,7 +241,7 @@ def _apply_event(logs: LogSet, ts: datetime, f: dict[str, str]) -> str:
     if ev in EMIT_EVENTS:
         run.emitted.update({k: v for k, v in f.items() if k != "ts"})
         run.emitted[ev] = f["ts"]
-        if ev != "emit_started" and f.get("republished", "0").isdigit():
+        if ev in ("emit_done", "emit_failed") and f.get("republished", "0").isdigit():
             run.republished = int(f.get("republished", "0"))
         return ""
     if ev == "reconnected":  # the emitter's (it has run=); workers' lines have none

@@ -58,12 +58,12 @@ def broker_version(broker_url: str) -> tuple[int, ...]:
 
 @pytest.fixture
 def queue(broker_url: str) -> Iterator[str]:
-    """A fresh queue name; the queue and its dead-letter queue are deleted afterwards."""
+    """A fresh queue name; the queue, its dead letters and its event stream go afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
-        for q in (name, f"{name}.dead"):
+        for q in (name, f"{name}.dead", f"{name}.events"):
             conn.channel().queue_delete(q)
     finally:
         conn.close()

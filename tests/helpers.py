@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 
@@ -246,3 +248,39 @@ def stop_when_done(procs: list[Proc], logs: Path, rows: int) -> None:
         p.signal(signal.SIGTERM)
     for p in procs:
         assert p.wait() == 0, p.output()
+
+
+def stream_events(env: dict[str, str]) -> list[dict[str, str]]:
+    """Every event in the test queue's event stream (<queue>.events) up to now, each once."""
+    from inspector.stream import iter_events
+    from utils.settings import Settings
+
+    settings = Settings(urls=(env["AMQP_URL"],), queue=env["TASK_QUEUE"])
+    return list(iter_events(settings))
+
+
+def wait_for_stream_event(env: dict[str, str], event: str, **fields: str) -> dict[str, str]:
+    """Wait until the event stream holds an event with these fields (events are sent in
+    batches, a little after the log has them)."""
+
+    def check() -> dict[str, str] | None:
+        for e in stream_events(env):
+            if e["event"] == event and all(e.get(k) == v for k, v in fields.items()):
+                return e
+        return None
+
+    return wait_for(f"{event} {fields} in the event stream", check)  # type: ignore[return-value]
+
+
+def broker_report(env: dict[str, str], run_id: str, cwd: Path | None = None) -> dict[str, Any]:
+    """`tasks report --source broker --run ID --json`: the run as the event stream tells it."""
+    r = subprocess.run(
+        [str(BIN / "tasks"), "report", "--source", "broker", "--run", run_id, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd or env.get("PWD", str(ROOT)),
+    )
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return json.loads(r.stdout)["runs"][-1]  # type: ignore[no-any-return]

@@ -13,7 +13,16 @@ import pytest
 
 from inspector.analysis import summarise_run
 from inspector.runs import latest_run, read_logs
-from tests.helpers import ROOT, StdinEmit, broker_script, events, spawn, wait_for, wait_for_event
+from tests.helpers import (
+    ROOT,
+    Proc,
+    StdinEmit,
+    broker_script,
+    events,
+    spawn,
+    wait_for,
+    wait_for_event,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,26 +76,34 @@ def done_count(logs: Path) -> int:
     return sum(1 for f in logs.glob("worker-*.log") for e in events(f) if e["event"] == "done")
 
 
+def three_workers(
+    urls: str, queue: str, logs: Path, tmp_path: Path, prefix: str, per_dot: str
+) -> tuple[dict[str, str], list[Proc]]:
+    """The environment for the cluster's queue, and 3 workers on it, each ready."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASK_", "AMQP_"))}
+    env.update(AMQP_URL=urls, TASK_QUEUE=queue, TASK_LOG_DIR=str(logs), PYTHONUNBUFFERED="1")
+    workers = []
+    for i in range(3):
+        name = f"{prefix}{i}"
+        w = spawn(
+            "work",
+            "--name",
+            name,
+            "--seconds-per-dot",
+            per_dot,
+            "--quiet",
+            env=env,
+            out=tmp_path / f"{name}.out",
+        )
+        wait_for_event(logs / f"worker-{name}.log", "worker_ready", alive=w)
+        workers.append(w)
+    return env, workers
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, logs):
     queue = f"cluster-{how}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASK_", "AMQP_"))}
-    env.update(AMQP_URL=cluster, TASK_QUEUE=queue, TASK_LOG_DIR=str(logs), PYTHONUNBUFFERED="1")
-    workers = [
-        spawn(
-            "work",
-            "--name",
-            f"c{i}",
-            "--seconds-per-dot",
-            "0.002",
-            "--quiet",
-            env=env,
-            out=tmp_path / f"c{i}.out",
-        )
-        for i in range(3)
-    ]
-    for i, w in enumerate(workers):
-        wait_for_event(logs / f"worker-c{i}.log", "worker_ready", alive=w)
+    env, workers = three_workers(cluster, queue, logs, tmp_path, "c", "0.002")
     # The emitter reads its rows from a pipe we feed, so it is mid-run when the node goes.
     emitter = StdinEmit("--quiet", env=env, out=tmp_path / "emit.out")
     rows = [f"Task {n} ." for n in range(1, 2001)]
@@ -170,3 +187,66 @@ def cluster_status(env: dict[str, str]) -> dict[str, object]:
 
 def port_of_node(hostport: str) -> int:
     return int(hostport.rsplit(":", 1)[1])
+
+
+def test_the_event_stream_survives_losing_a_node_and_the_report_still_reads_it(
+    cluster, tmp_path, logs
+):
+    queue = "cluster-events"
+    env, workers = three_workers(cluster, queue, logs, tmp_path, "e", "0.005")
+    csv = tmp_path / "rows.csv"
+    csv.write_text("".join(f"Task {n} .\n" for n in range(1, 601)))
+    emitted = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "emit"), str(csv), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert emitted.returncode == 0, emitted.stderr
+    run_id = emitted.stdout.strip().rsplit(" ", 1)[1]
+    # Replicated as the work queue is: a member on every node.
+    stream = queue_info(f"{queue}.events")
+    assert len(stream["members"]) == 3, stream
+    wait_for("200 tasks done", lambda: done_count(logs) >= 200)
+
+    # The node that leads the stream goes, mid-run.
+    lost = port_of(str(stream["leader"]))
+    assert broker("stop", port=lost).returncode == 0
+    wait_for("all 600 tasks done", lambda: done_count(logs) >= 600, timeout=180)
+    for w in workers:
+        w.signal(15)
+    for w in workers:
+        assert w.wait() == 0, w.output()
+
+    # The broker-side report, read from the surviving nodes, tells what the logs tell.
+    ours = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "tasks"), "report", "--run", run_id, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    theirs = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "tasks"),
+            "report",
+            "--source",
+            "broker",
+            "--run",
+            run_id,
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    logs_run = json.loads(ours.stdout)["runs"][0]
+    broker_run = json.loads(theirs.stdout)["runs"][0]
+    assert broker_run["audit"]["missing"] == [] and broker_run["audit"]["emitted"] == 600
+    assert broker_run == logs_run
+
+    assert broker("start", port=lost).returncode == 0  # for the tests after this one

@@ -673,3 +673,134 @@ def is_access_refused(exc: BaseException) -> bool:
 def is_blocked_timeout(exc: BaseException) -> bool:
     """True when pika closed the connection because the broker blocked us too long."""
     return isinstance(exc, px.ConnectionBlockedTimeout)
+
+
+# -- streams: the event log on the broker (utils/events.py writes it, inspector/stream.py reads) --
+def stream_arguments(max_age: str, max_bytes: int, segment_bytes: int) -> dict[str, Any]:
+    """The arguments we declare a new stream with: bounded by age and by size."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-age": max_age,
+        "x-max-length-bytes": max_bytes,
+        # Retention drops whole segments: smaller ones keep the stream nearer its bound.
+        "x-stream-max-segment-size-bytes": segment_bytes,
+    }
+
+
+@_our_errors
+def stream_exists(connection: pika.BlockingConnection, name: str) -> bool:
+    """True when a queue of this name exists (of any type); creates nothing."""
+    return queue_counts(connection, name) is not None
+
+
+@_our_errors
+def declare_stream(
+    connection: pika.BlockingConnection, name: str, arguments: dict[str, Any]
+) -> str:
+    """Make sure the stream `name` exists: create it with `arguments`, or use it as it is.
+
+    Returns "created" or "found". Raises QueueMismatch when a queue of that name exists but
+    is not a stream (it could not keep a replayable history).
+    """
+    if stream_exists(connection, name):
+        found = probe_queue_type(connection, name)
+        if found not in ("stream", "unknown"):
+            raise QueueMismatch(
+                f"queue '{name}' exists as a {found} queue, not a stream: it cannot keep "
+                "the event history",
+                f"delete it ('scripts/broker ctl delete_queue {name}'), or run with --no-events",
+            )
+        return "found"
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, durable=True, arguments=arguments)
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code == PRECONDITION_FAILED:  # another process created it meanwhile
+            return "found"
+        raise _queue_error(exc, name) from None
+    channel.close()
+    return "created"
+
+
+class StreamPublisher:
+    """A confirm-mode channel that publishes whole messages to one stream.
+
+    publish() returns once the broker has confirmed the message (so it is written, and on a
+    cluster replicated): call it from a thread of its own, never on a task's path.
+    """
+
+    def __init__(self, connection: pika.BlockingConnection, name: str) -> None:
+        self.connection = connection
+        self.name = name
+        try:
+            self._channel = connection.channel()
+            self._channel.confirm_delivery()
+        except _LOST_ERRORS as exc:
+            raise _lost(exc) from None
+
+    def publish(self, body: bytes, message_id: str, kind: str, headers: dict[str, Any]) -> None:
+        """Publish one message and wait for its confirm; PublishRefused when nacked."""
+        props = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            content_type="text/plain",
+            content_encoding="utf-8",
+            message_id=message_id,
+            type=kind,
+            headers=headers,
+        )
+        try:
+            self._channel.basic_publish("", self.name, body, props, mandatory=True)
+        except px.UnroutableError:
+            raise PublishRefused(
+                f"the broker returned an event batch sent to '{self.name}': no such stream",
+                "it was deleted meanwhile; it is declared again on the next connection",
+            ) from None
+        except px.NackError:
+            raise PublishRefused(
+                f"the broker refused (nacked) an event batch sent to '{self.name}'", ""
+            ) from None
+        except _LOST_ERRORS as exc:
+            raise _lost(exc) from None
+
+    def pump(self, seconds: float) -> None:
+        """Process broker events (heartbeats) for up to `seconds`."""
+        try:
+            self.connection.process_data_events(time_limit=seconds)
+        except _LOST_ERRORS as exc:
+            raise _lost(exc) from None
+        if not self._channel.is_open:
+            raise ConnectionLost("the broker closed the event stream's channel")
+
+
+class StreamConsumer(Consumer):
+    """A consumer of a stream from an offset ("first", a number or a time), with acks.
+
+    Each delivery's `x-stream-offset` header says where it is in the stream.
+    """
+
+    def ack_upto(self, tag: int) -> None:
+        """Acknowledge every delivery up to this tag (a stream consumer's credit)."""
+        try:
+            self._channel.basic_ack(tag, multiple=True)
+        except _LOST_ERRORS as exc:
+            raise self._lost_error(exc) from None
+
+
+@_our_errors
+def consume_stream(
+    connection: pika.BlockingConnection, name: str, *, offset: Any, prefetch: int
+) -> StreamConsumer:
+    """Consume the stream `name` from `offset`; deliveries come into .deliveries by pump()."""
+    channel = connection.channel()
+    consumer = StreamConsumer(connection, channel, name)
+    try:
+        channel.basic_qos(prefetch_count=prefetch)  # streams refuse a consumer without one
+        consumer._tag = channel.basic_consume(
+            name, consumer._on_delivery, arguments={"x-stream-offset": offset}
+        )
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            raise QueueMismatch(f"there is no stream '{name}' on the broker", "") from None
+        raise _queue_error(exc, name) from None
+    channel.add_on_cancel_callback(consumer._on_broker_cancel)
+    return consumer

@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 from utils.terminal import Terminal
 
 _BARE = re.compile(r'^[^\s"=]+\Z')  # \Z: $ would let a trailing newline through
-_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
+#: key=value (a JSON string, or bare up to the next space) and the spaces after it; else
+#: any one character (group 3), which means the line is not in our format.
+_PAIRS = re.compile(r'(\w+)=("[^"\\]*(?:\\.[^"\\]*)*"|[^\s"]*)(?:\s+|\Z)|(.)', re.S)
 
 #: Bodies are shortened to this many characters in log lines.
 BODY_CHARS = 60
@@ -57,19 +60,17 @@ def parse_line(line: str) -> dict[str, str] | None:
     if not line.startswith("ts="):
         return None
     out: dict[str, str] = {}
-    pos = 0
-    while pos < len(line):
-        m = _PAIR.match(line, pos)
-        if not m:
+    # One pass in C over the whole line: a pair, or (group 3) a character that cannot
+    # start one, which makes the line not ours. A report reads every line there is.
+    for key, raw, stray in _PAIRS.findall(line):
+        if stray:
             return None
-        key, raw = m.group(1), m.group(2)
         if raw.startswith('"'):
             try:
                 raw = json.loads(raw)
             except ValueError:
                 return None
         out[key] = raw
-        pos = m.end()
     if "event" not in out:
         return None
     try:
@@ -124,6 +125,10 @@ class EventLog:
         self._pending: list[tuple[str, dict[str, Any], str]] = []
         #: Echo a person's form of each event (utils/terminal.py) instead of the file's line.
         self.terminal = terminal
+        #: Called with the text of each write to the file (one or more lines, no final
+        #: newline), and True when it was an event written at once rather than deferred:
+        #: the event stream (utils/events.py) sends the same lines to the broker.
+        self.sink: Callable[[str, bool], None] | None = None
 
     def defer(self, event: str, **fields: Any) -> None:
         """Stamp an event now but write it at the next flush() or event(), in order.
@@ -142,7 +147,10 @@ class EventLog:
         lines = [
             _file_and_terminal_lines(ts, event, fields, terminal) for event, fields, ts in pending
         ]
-        self._write("\n".join(line for line, _human in lines))
+        text = "\n".join(line for line, _human in lines)
+        self._write(text)
+        if self.sink is not None:
+            self.sink(text, False)
         if self.echo:
             texts = [human if terminal is not None else line for line, human in lines]
             texts = [t for t in texts if t]  # a terminal may show nothing for an event
@@ -155,6 +163,8 @@ class EventLog:
         terminal = self.terminal if self.echo else None
         line, human = _file_and_terminal_lines(now_iso(), event, fields, terminal)
         self._write(line)
+        if self.sink is not None:
+            self.sink(line, True)
         if self.echo and (human or terminal is None):
             print(human if terminal is not None else line, file=sys.stderr, flush=True)
         return line

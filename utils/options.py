@@ -16,6 +16,7 @@ import click
 
 from utils.broker import quiet_pika
 from utils.errors import ExitCode, TaskToolError
+from utils.events import DEFAULT_MAX_AGE, EventsConfig, check_max_age, parse_size
 from utils.settings import (
     DEFAULT_QUEUE,
     DEFAULT_URL,
@@ -188,3 +189,61 @@ def handle_errors(f: F) -> F:
             )
 
     return wrapper  # type: ignore[return-value]
+
+
+def _max_age(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_max_age(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _max_bytes(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
+    try:
+        return value if isinstance(value, int) else parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def events_options(f: F) -> F:
+    """--events/--no-events and the retention of the stream, each with its environment variable."""
+    options = [
+        click.option(
+            "--events/--no-events",
+            "events",
+            envvar="TASK_EVENTS",
+            default=True,
+            show_default=True,
+            help="Also send every logged event to the stream <queue>.events on the broker, "
+            "so that 'tasks report --source broker' sees it from anywhere (env TASK_EVENTS; "
+            "0 turns it off). The local log is written either way.",
+        ),
+        click.option(
+            "--events-max-age",
+            envvar="TASK_EVENTS_MAX_AGE",
+            default=DEFAULT_MAX_AGE,
+            show_default=True,
+            callback=_max_age,
+            metavar="AGE",
+            help="Events older than this are dropped from a stream we create: 7D, 12h, 30m, "
+            "1Y ... (env TASK_EVENTS_MAX_AGE). An existing stream is used as it is.",
+        ),
+        click.option(
+            "--events-max-bytes",
+            envvar="TASK_EVENTS_MAX_BYTES",
+            default="1GB",
+            show_default=True,
+            callback=_max_bytes,
+            metavar="SIZE",
+            help="The oldest events are dropped from a stream we create beyond this size: "
+            "500MB, 1GB ... (env TASK_EVENTS_MAX_BYTES).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def make_events_config(events: bool, max_age: str, max_bytes: int) -> EventsConfig:
+    """The events settings of a command, from its options."""
+    return EventsConfig(enabled=events, max_age=max_age, max_bytes=max_bytes)

@@ -12,8 +12,16 @@ from pathlib import Path
 import click
 
 from utils.errors import ExitCode, TaskToolError
+from utils.events import open_event_stream
 from utils.logformat import EventLog
-from utils.options import EnvOption, broker_options, handle_errors, make_settings
+from utils.options import (
+    EnvOption,
+    broker_options,
+    events_options,
+    handle_errors,
+    make_events_config,
+    make_settings,
+)
 from utils.terminal import Terminal
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
@@ -86,6 +94,7 @@ def log_path(log_dir: Path, name: str) -> Path:
     help="AMQP heartbeat to ask for. [default: the broker's, 60 s]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Write events to the log file only.")
+@events_options
 @broker_options
 @handle_errors
 def main(
@@ -100,6 +109,9 @@ def main(
     max_attempts,
     heartbeat,
     quiet,
+    events,
+    events_max_age,
+    events_max_bytes,
     urls,
     queue,
     queue_type,
@@ -131,6 +143,8 @@ def main(
     path = log_path(log_dir, name)
     terminal = Terminal.for_stream(sys.stderr, path)
     log = EventLog(path, echo=not quiet, terminal=terminal)
+    config = make_events_config(events, events_max_age, events_max_bytes)
+    stream = open_event_stream(settings, config, f"work-{name}", log)
     worker = Worker(settings, opts, handler, log)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -160,6 +174,8 @@ def main(
             busy=tally.busy,
             stop=tally.stop,
         )
+        if stream is not None:
+            stream.close()  # its last events, worker_stopped included
     click.echo(terminal.text(tally.line(name)), err=True)
     if worker.stop_stage == 2:
         raise SystemExit(int(ExitCode.COLD_STOP))

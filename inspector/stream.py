@@ -1,0 +1,150 @@
+"""Reading the event stream `<queue>.events` back: what every `work` and `emit` logged, anywhere.
+
+Each stream message is a batch of log lines (utils/events.py), parsed with parse_line as
+the log files are. A batch sent twice (its confirm was lost with a connection) carries
+the same message id both times: only the first copy counts.
+
+Where the stream ends: before reading, the reader appends a small marker message of its
+own (type `mark`) and waits for its confirm; every event confirmed before the report
+started is before the marker, so reading stops at it, however busy or idle the stream
+is. Markers are skipped by every reader. (AMQP 0-9-1 cannot ask a stream for its last
+offset, and waiting for a quiet spell would either cut a busy stream short or wait
+for nothing.)
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from inspector.runs import LogSet, Skipped, fold_events
+from utils import broker
+from utils.errors import BrokerUnavailable, NothingToDo
+from utils.events import KIND_EVENTS, KIND_MARK, stream_name
+from utils.logformat import parse_line
+from utils.settings import Settings
+
+#: Stream messages the broker may send before we ack (each a batch of up to 1 MB of lines).
+PREFETCH = 100
+#: Acknowledge (the credit a stream consumer needs) every this many deliveries.
+ACK_EVERY = 25
+#: Give up when nothing at all arrives for this long before the end marker (seconds).
+STALL = 60.0
+#: Read from this long before a run's start, for clocks that disagree (the broker stamps
+#: the stream's chunks with its own time).
+CLOCK_MARGIN = timedelta(minutes=10)
+
+
+@dataclass
+class StreamRead:
+    """What one read of the stream found: the events in order, and what was skipped."""
+
+    name: str
+    events: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    batches: int = 0
+    duplicates: int = 0  # batches sent twice, counted once
+    seconds: float = 0.0
+
+
+def read_stream(settings: Settings, *, since: datetime | None = None) -> StreamRead:
+    """Every event in the stream up to now (from `since` less CLOCK_MARGIN, if given)."""
+    began = time.monotonic()
+    out = StreamRead(stream_name(settings.queue))
+    for where, n, fields, why in _lines(settings, since, follow=False, read=out):
+        if fields is None:
+            out.skipped.append(Skipped(where, n, why))
+        else:
+            out.events.append((where, n, fields))
+    out.seconds = time.monotonic() - began
+    return out
+
+
+def read_broker(settings: Settings, *, since: datetime | None = None) -> tuple[LogSet, StreamRead]:
+    """The runs the stream tells of, as read_logs() gives them from a log folder."""
+    got = read_stream(settings, since=since)
+    return fold_events(got.events, list(got.skipped)), got
+
+
+def iter_events(
+    settings: Settings, *, since: datetime | None = None, follow: bool = False
+) -> Iterator[dict[str, str]]:
+    """The events of the stream, oldest first, as parse_line() gives them (each once).
+
+    follow=False stops at the end as it was when called; follow=True goes on with new
+    events as they come (until the caller stops iterating). Lines that do not parse are
+    left out.
+    """
+    for _where, _n, fields, _why in _lines(settings, since, follow=follow, read=None):
+        if fields is not None:
+            yield fields
+
+
+def _lines(
+    settings: Settings, since: datetime | None, *, follow: bool, read: StreamRead | None
+) -> Iterator[tuple[str, int, dict[str, str] | None, str]]:
+    """(where, line number, fields or None, why not) for every line of every batch."""
+    name = stream_name(settings.queue)
+    conn, _url = broker.connect(settings, client_name="tasks report")
+    try:
+        if not broker.stream_exists(conn, name):
+            raise NothingToDo(
+                f"there is no event stream '{name}' on the broker",
+                "work and emit create it unless run with --no-events (TASK_EVENTS=0); "
+                "check --queue / TASK_QUEUE, or read the logs with --source logs",
+            )
+        mark = ""
+        if not follow:
+            mark = f"mark.{secrets.token_hex(8)}"
+            broker.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {})
+        offset: Any = "first" if since is None else since - CLOCK_MARGIN
+        consumer = broker.consume_stream(conn, name, offset=offset, prefetch=PREFETCH)
+        seen: set[str] = set()
+        taken = 0
+        last_news = time.monotonic()
+        while True:
+            if not consumer.deliveries:
+                consumer.pump(1.0)
+                if not consumer.deliveries:
+                    if not follow and time.monotonic() - last_news > STALL:
+                        raise BrokerUnavailable(
+                            f"the stream '{name}' sent nothing for {STALL:g} s before its end",
+                            "the broker may be overloaded or a node down; try again",
+                        )
+                    continue
+            last_news = time.monotonic()
+            method, props, body = consumer.deliveries.popleft()
+            taken += 1
+            if taken % ACK_EVERY == 0:
+                consumer.ack_upto(method.delivery_tag)
+            mid = props.message_id or ""
+            if mark and mid == mark:
+                return
+            if props.type == KIND_MARK:
+                continue
+            if mid in seen:
+                if read is not None:
+                    read.duplicates += 1
+                continue
+            if mid:
+                seen.add(mid)
+            if read is not None:
+                read.batches += 1
+            offset_here = (props.headers or {}).get("x-stream-offset", "?")
+            where = f"{name}@{offset_here}"
+            if props.type not in (None, KIND_EVENTS):
+                yield where, 0, None, f"not an event batch (type {props.type})"
+                continue
+            text = body.decode("utf-8", "replace")
+            for n, line in enumerate(text.split("\n"), start=1):
+                if not line.strip():
+                    continue
+                fields = parse_line(line)
+                why = "" if fields is not None else "not a log line in our format"
+                yield where, n, fields, why
+    finally:
+        conn.close()
