@@ -19,7 +19,18 @@ from utils.settings import Settings, url_host
 from utils.task import DecodeError, Task, delivery_ids
 from worker.handlers import Handler
 from worker.running import TaskRunner
-from worker.settle import DONE, DONE_EARLIER, FAILED, POISON, Settler, WorkerTally, decide
+from worker.settle import (
+    ARRIVED,
+    DONE,
+    DONE_EARLIER,
+    FAILED,
+    POISON,
+    REDELIVERED,
+    RUN,
+    Settler,
+    WorkerTally,
+    decide,
+)
 from worker.stop import TICK, TwoStageStop
 
 #: Reconnect back-off: first delay, and the cap, in seconds.
@@ -51,7 +62,7 @@ class Worker:
         self.log = log
         self.tally = WorkerTally()
         self._stop = TwoStageStop(log, opts.name, threading.Event())
-        self._runner = TaskRunner(handler, opts.task_timeout, self._stop, self._log_lost)
+        self._runner = TaskRunner(handler, opts.task_timeout, self._stop, self._lost_mid_task)
         self._settler = Settler(settings.queue, opts.name, opts.max_attempts, log, self.tally)
         self._instant = getattr(handler, "is_instant", None)
         self._lost_logged = False  # connection_lost already logged for this connection
@@ -152,16 +163,24 @@ class Worker:
             )
         return consumer
 
-    def _log_lost(self, reason: str, task: Task | None = None) -> None:
+    def _lost_mid_task(self, lost: ConnectionLost, task: Task) -> None:
+        timeout = lost.consumer_timeout
+        if timeout is not None:
+            value = f" ({timeout:g} s)" if timeout else ""
+            self._settler.note_ending(task.task_id, f"the broker's consumer_timeout{value} ran out")
+        self._log_lost(lost.message, task, stopping=timeout is not None)
+
+    def _log_lost(self, reason: str, task: Task | None = None, stopping: bool = False) -> None:
         """Say once per connection, in plain words, that it is gone and what happens next."""
         if self._lost_logged:
             return
         self._lost_logged = True
-        note = (
-            "finishing the task; its ack will be lost, so the broker will redeliver it"
-            if task
-            else "reconnecting"
-        )
+        if stopping:
+            note = "stopping the task (another worker may be running it now), then reconnecting"
+        elif task:
+            note = "finishing the task; its ack will be lost, so the broker will redeliver it"
+        else:
+            note = "reconnecting"
         ids = task.ids() if task else {}
         self.log.event("connection_lost", worker=self.opts.name, **ids, reason=reason, note=note)
 
@@ -216,10 +235,25 @@ class Worker:
             self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
             return
         redelivered = bool(method.redelivered)
+        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
+        early = False
         if redelivered:
             self.tally.redelivered += 1
+            early = self._settler.finished_earlier(task.task_id)
+        if not early and (redelivered or task.attempt > max_attempts):
+            # Has it attempts left, whatever ended the earlier ones? (A first delivery within
+            # --max-attempts has: the common case skips the call.)
+            before = decide(
+                REDELIVERED if redelivered else ARRIVED,
+                task.attempt,
+                self.queue_type,
+                max_attempts,
+                self._settler.ending_of(task.task_id) if redelivered else "",
+            )
+            if before.action is not RUN:
+                self._settler.settle(before, consumer, delivery, ids, self._should_exit(True))
+                return
         log = self.log
-        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
         # A task that takes no time has its two lines written once its ack is sent (see
         # EventLog.defer); any other line, ack_lost included, writes them first, in order.
         instant = self._instant is not None and self._instant(task)
@@ -233,7 +267,7 @@ class Worker:
             redelivered=redelivered,
             body=shorten(task.body),
         )
-        if redelivered and self._settler.finished_earlier(task.task_id):
+        if early:
             # We finished this very task, then lost its ack (e.g. the broker's
             # consumer_timeout closed the channel): ack the copy instead of running it again,
             # which for a task longer than consumer_timeout would loop forever.
