@@ -14,7 +14,7 @@ from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.errors import BadInput, ExitCode
 from utils.logformat import EventLog, shorten
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import broker_options, consumer_timeout_option, handle_errors, make_settings
 from utils.settings import mask_url, url_vhost
 
 PREVIEW_ROWS = 5
@@ -112,6 +112,7 @@ PREVIEW_ROWS = 5
     help="No progress bar and no notices; errors and the summary still print.",
 )
 @broker_options
+@consumer_timeout_option
 @handle_errors
 def main(
     source,

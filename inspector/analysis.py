@@ -178,6 +178,12 @@ def _cause(t: TaskRecord, run: Run) -> str:
     """The likeliest reason a task was delivered again, from what the logs show."""
     if t.ack_lost:
         return "redelivered after a lost ack (the worker's connection dropped before its ack)"
+    timed_out = [a.worker for a in t.attempts if a.reason == "consumer_timeout"]
+    if timed_out:
+        return (
+            f"the broker's consumer_timeout ran out while worker {timed_out[0]} ran it: the "
+            "broker gave it to the queue again, and the worker stopped it"
+        )
     if any(a.outcome == "unfinished" for a in t.attempts[:-1]):
         dead = next(a.worker for a in t.attempts[:-1] if a.outcome == "unfinished")
         return f"redelivered after worker {dead} stopped mid-task (killed, or its connection died)"

@@ -217,3 +217,44 @@ def test_a_consumer_timeout_is_read_from_the_brokers_words(text, seconds):
         assert broker.plain_reason(exc) == (
             "the broker's consumer_timeout (3 s) ran out: it has given this task back to the queue"
         )
+
+
+def two_deliveries_waiting(conn, queue: str) -> broker.Consumer:
+    """A consumer (prefetch 2) with two deliveries come but not taken yet."""
+    for n in (1, 2):
+        task = Task(f"t{n}", f"t-{n}")
+        broker.publish_copy(conn, queue, task.encode(), task.properties(), {}, declare=True)
+    consumer, _info = broker.consume(conn, Settings(queue=queue, queue_type="classic"), prefetch=2)
+    while len(consumer.deliveries) < 2:
+        consumer.pump(0.1)
+    return consumer
+
+
+def test_deliveries_already_here_when_the_broker_cancels_are_taken_first_and_can_be_acked(
+    conn, broker_url, queue
+):
+    """The queue is deleted under a consumer holding deliveries it has not taken yet: they
+    are handed out (and acked) before pump says the consumer is gone, never dropped."""
+    consumer = two_deliveries_waiting(conn, queue)
+    other = pika.BlockingConnection(pika.URLParameters(broker_url))
+    other.channel().queue_delete(queue)
+    other.close()
+    taken = []
+    with pytest.raises(ConnectionLost, match="cancelled our consumer"):
+        for _ in range(50):
+            consumer.pump(0.1)
+            while consumer.deliveries:
+                method, _props, body = consumer.deliveries.popleft()
+                consumer.ack(method.delivery_tag)
+                taken.append(body)
+    assert taken == [b"t1", b"t2"]
+
+
+def test_a_closed_channel_is_said_at_once_even_with_deliveries_waiting(conn, queue):
+    """They cannot be acked any more (the broker has put them back): pump says so at once."""
+    consumer = two_deliveries_waiting(conn, queue)
+    consumer.ack(99)  # no such delivery: the broker closes the channel
+    with pytest.raises(ConnectionLost, match="406"):
+        for _ in range(50):
+            consumer.pump(0.1)
+    assert len(consumer.deliveries) == 2  # still there, for the worker to name as it drops them

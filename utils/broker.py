@@ -278,6 +278,16 @@ def connect(
     raise last
 
 
+def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
+    """The broker's version, e.g. (4, 0, 5), as it said when we connected (() if it did not)."""
+    # BlockingConnection does not pass the server's properties on; the connection it wraps
+    # keeps them from Connection.Start.
+    props = getattr(getattr(connection, "_impl", None), "server_properties", None) or {}
+    raw = props.get("version", b"")
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
+
+
 @dataclass(frozen=True)
 class QueueInfo:
     """What we learnt about the work queue while declaring it."""
@@ -384,15 +394,50 @@ def declare_queue(
             raise _queue_error(exc2, name) from None
         return channel, QueueInfo(name, settings.queue_type, True, 0, 0)
 
-    # It exists. Probe its shape with the declaration we would have made; a 406 names the
-    # first argument that differs and what the queue has instead.
-    messages, consumers = ok.method.message_count, ok.method.consumer_count
-    ours = queue_arguments(settings.queue_type, name)
-    channel, arg, current = _probe(connection, name, ours)
+    channel.close()
+    channel, info = _shape(connection, name, settings.queue_type, ok.method)
+    if info.queue_type == "quorum":
+        # Where a dead-letter target (ours, or a policy's) sends what the broker gives up on;
+        # an operator may have deleted it, and at least once, the broker waits for it.
+        _ensure(connection, dead_letter_name(name))
+    return channel, info
+
+
+@_our_errors
+def queue_shape(connection: pika.BlockingConnection, name: str) -> QueueInfo | None:
+    """What declare_queue would find of an existing queue (None when there is none); it
+    creates nothing."""
+    counts = _passive(connection, name)
+    if counts is None:
+        return None
+    channel, info = _shape(connection, name, "quorum", counts)
+    channel.close()
+    return info
+
+
+def _passive(connection: pika.BlockingConnection, name: str) -> Any:
+    """A queue's Queue.DeclareOk (message and consumer counts), or None when there is none."""
+    channel = connection.channel()
+    try:
+        ok = channel.queue_declare(name, passive=True)
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return None
+        raise _queue_error(exc, name) from None
+    channel.close()
+    return ok.method
+
+
+def _shape(
+    connection: pika.BlockingConnection, name: str, wanted: str, counts: Any
+) -> tuple[BlockingChannel, QueueInfo]:
+    """Probe an existing queue's shape with the declaration we would have made (of type
+    `wanted`); a 406 names the first argument that differs and what the queue has instead.
+    Returns an open channel and what we found."""
+    messages, consumers = counts.message_count, counts.consumer_count
+    channel, arg, current = _probe(connection, name, queue_arguments(wanted, name))
     if not arg:
-        if settings.queue_type == "quorum":
-            _ensure(connection, dead_letter_name(name))
-        return channel, QueueInfo(name, settings.queue_type, False, messages, consumers)
+        return channel, QueueInfo(name, wanted, False, messages, consumers)
     if arg in ("durable", "auto_delete", "exclusive"):
         raise QueueMismatch(
             f"queue '{name}' already exists but is not a durable, shared queue "
@@ -400,12 +445,11 @@ def declare_queue(
             f"delete it ('tasks purge' empties it; 'scripts/broker ctl delete_queue {name}' "
             f"removes it) or pick another name with --queue / TASK_QUEUE",
         )
-    if settings.queue_type != "quorum":  # perhaps a quorum queue of ours
+    if wanted != "quorum":  # perhaps a quorum queue of ours
         channel.close()
         channel, arg, current = _probe(connection, name, queue_arguments("quorum", name))
         if not arg:
-            _ensure(connection, dead_letter_name(name))
-            note = _as_it_is(name, "quorum", settings.queue_type)
+            note = _as_it_is(name, "quorum", wanted)
             return channel, QueueInfo(name, "quorum", False, messages, consumers, note)
     if arg in _DEAD_LETTER_ARGS and current.strip() == "none":
         # No dead-letter arguments: a queue made before we declared them, or by another
@@ -413,7 +457,7 @@ def declare_queue(
         channel.close()
         channel, arg, current = _probe(connection, name, {"x-queue-type": "quorum"})
         if not arg:
-            note = _as_it_is(name, "quorum", settings.queue_type)
+            note = _as_it_is(name, "quorum", wanted)
             return channel, QueueInfo(
                 name, "quorum", False, messages, consumers, note, no_dead_letter_args=True
             )
@@ -427,7 +471,7 @@ def declare_queue(
                 f"queue '{name}' is a stream, which cannot serve as a work queue",
                 "pick another name with --queue / TASK_QUEUE",
             )
-        note = _as_it_is(name, found, settings.queue_type)
+        note = _as_it_is(name, found, wanted)
         return channel, QueueInfo(name, found, False, messages, consumers, note)
     note = f"queue '{name}' exists with other arguments ({arg}); using it as it is"
     return channel, QueueInfo(name, "as it is", False, messages, consumers, note)
@@ -450,15 +494,8 @@ def _found_type(current: str) -> str:
 @_our_errors
 def queue_counts(connection: pika.BlockingConnection, name: str) -> tuple[int, int] | None:
     """(ready messages, consumers) of a queue, or None when it does not exist; creates nothing."""
-    channel = connection.channel()
-    try:
-        ok = channel.queue_declare(name, passive=True)
-    except px.ChannelClosedByBroker as exc:
-        if exc.reply_code == NOT_FOUND:
-            return None
-        raise _queue_error(exc, name) from None
-    channel.close()
-    return ok.method.message_count, ok.method.consumer_count
+    counts = _passive(connection, name)
+    return None if counts is None else (counts.message_count, counts.consumer_count)
 
 
 @_our_errors

@@ -33,6 +33,8 @@ class Settings:
     tls: TlsFiles = TlsFiles()
     #: Seconds: the x-consumer-timeout of a work queue we create (RabbitMQ 3.12 and later).
     consumer_timeout: float | None = None
+    #: The management API (None: the AMQP URL's host, port + 10000).
+    management_url: str | None = None
 
     @property
     def url(self) -> str:

@@ -12,7 +12,13 @@ import click
 
 from utils.errors import ExitCode, TaskToolError
 from utils.logformat import EventLog
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import (
+    broker_options,
+    consumer_timeout_option,
+    handle_errors,
+    make_settings,
+    management_url_option,
+)
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
 
@@ -84,6 +90,8 @@ def log_path(log_dir: Path, name: str) -> Path:
 )
 @click.option("-q", "--quiet", is_flag=True, help="Write events to the log file only.")
 @broker_options
+@consumer_timeout_option
+@management_url_option
 @handle_errors
 def main(
     name,

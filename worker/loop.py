@@ -15,6 +15,7 @@ from typing import Any
 from utils import broker
 from utils.errors import AccessRefused, ConnectionLost, PublishRefused, QueueMismatch, TaskToolError
 from utils.logformat import EventLog, shorten
+from utils.management import queue_warnings
 from utils.settings import Settings, url_host
 from utils.task import DecodeError, Task, delivery_ids
 from worker.handlers import Handler
@@ -124,8 +125,9 @@ class Worker:
                 self._runner.shutdown()
                 return self.tally
             except (ConnectionLost, PublishRefused) as lost:
-                consumer.drop()  # what it held unacked, the broker gives back
                 self._log_lost(lost.message)
+                self._log_dropped(consumer, lost.message)
+                consumer.drop()  # what it held unacked, the broker gives back
                 self._lost_logged = False
                 if self._stop.stage:
                     self.tally.stop = self._stop.describe("after the connection was lost")
@@ -161,6 +163,13 @@ class Worker:
                 node=self._node,
                 note=info.note or None,
             )
+            # Once, at start: what the queue lacks (a dead-letter target, the consumer
+            # timeout asked for), with the command that fixes it.
+            version = broker.server_version(conn)
+            for text in queue_warnings(
+                self.settings, info, url, version, self.settings.management_url
+            ):
+                self.log.event("queue_warning", worker=self.opts.name, queue=info.name, note=text)
         return consumer
 
     def _lost_mid_task(self, lost: ConnectionLost, task: Task) -> None:
@@ -183,6 +192,21 @@ class Worker:
             note = "reconnecting"
         ids = task.ids() if task else {}
         self.log.event("connection_lost", worker=self.opts.name, **ids, reason=reason, note=note)
+
+    def _log_dropped(self, consumer: broker.Consumer, reason: str) -> None:
+        """Name each delivery that came but was not started, as the connection goes with it."""
+        for _method, properties, body in consumer.deliveries:
+            tid, row, run = delivery_ids(properties, body)
+            self.log.event(
+                "dropped",
+                worker=self.opts.name,
+                task=tid,
+                row=row,
+                run=run,
+                reason=reason,
+                note="received but not started; the broker puts it back in its queue, "
+                "if the queue still exists",
+            )
 
     def _should_exit(self, after_one_more: bool = False) -> bool:
         if self._stop.stage:
