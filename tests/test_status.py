@@ -173,3 +173,39 @@ def nack_until_gone(url: str, queue: str) -> int:
         return deliveries
     finally:
         conn.close()
+
+
+def test_the_policy_in_force_is_the_highest_priority_match_for_queues():
+    from utils.management import _policy_in_force
+
+    policies = [
+        {"pattern": "^q$", "apply-to": "queues", "priority": 0, "definition": {"a": 1}},
+        {"pattern": "^q", "apply-to": "all", "priority": 5, "definition": {"b": 2}},
+        {"pattern": "^q$", "apply-to": "exchanges", "priority": 9, "definition": {"c": 3}},
+        {"pattern": "^other$", "apply-to": "queues", "priority": 7, "definition": {"d": 4}},
+        {"pattern": "(", "apply-to": "queues", "priority": 8, "definition": {"e": 5}},
+    ]
+    assert _policy_in_force(policies, "q") == {"b": 2}
+    assert _policy_in_force(policies, "nothing") == {}
+    assert _policy_in_force("not a list", "q") == {}
+
+
+def test_the_policy_command_names_one_queue_and_its_vhost_quoted_for_a_shell():
+    from utils.management import policy_command
+
+    assert policy_command("task_queue", "/", {"delivery-limit": 20}) == (
+        "rabbitmqctl set_policy task_queue-tasks '^task_queue$' '{\"delivery-limit\":20}' "
+        "--apply-to queues"
+    )
+    cmd = policy_command("jobs.v2", "my vhost", {"x": ""})
+    assert shlex.split(cmd) == [
+        "rabbitmqctl",
+        "set_policy",
+        "-p",
+        "my vhost",
+        "jobs.v2-tasks",
+        "^jobs\\.v2$",
+        '{"x":""}',
+        "--apply-to",
+        "queues",
+    ]

@@ -17,7 +17,7 @@ from utils.errors import AccessRefused, ConnectionLost, PublishRefused, QueueMis
 from utils.logformat import EventLog, shorten
 from utils.management import queue_warnings
 from utils.settings import Settings, url_host
-from utils.task import DecodeError, Task, delivery_ids
+from utils.task import H_DELIVERY_COUNT, DecodeError, Task, delivery_ids
 from worker.handlers import Handler
 from worker.running import TaskRunner
 from worker.settle import (
@@ -267,10 +267,13 @@ class Worker:
         if not early and (redelivered or task.attempt > max_attempts):
             # Has it attempts left, whatever ended the earlier ones? (A first delivery within
             # --max-attempts has: the common case skips the call.)
+            # A delivery that carries the broker's count is from a queue that counts (a
+            # quorum queue, even one whose type the declaration could not tell).
+            counted = H_DELIVERY_COUNT in (properties.headers or {})
             before = decide(
                 REDELIVERED if redelivered else ARRIVED,
                 task.attempt,
-                self.queue_type,
+                "quorum" if counted else self.queue_type,
                 max_attempts,
                 self._settler.ending_of(task.task_id) if redelivered else "",
             )
@@ -292,9 +295,8 @@ class Worker:
             body=shorten(task.body),
         )
         if early:
-            # We finished this very task, then lost its ack (e.g. the broker's
-            # consumer_timeout closed the channel): ack the copy instead of running it again,
-            # which for a task longer than consumer_timeout would loop forever.
+            # We finished this very task, then lost its ack (the connection dropped just
+            # before it): ack the copy instead of running it again.
             self.tally.done += 1
             log.event(
                 "done",
