@@ -19,6 +19,7 @@ from utils.logformat import EventLog, shorten
 from utils.options import (
     EnvOption,
     broker_options,
+    consumer_timeout_option,
     events_options,
     handle_errors,
     make_events_config,
@@ -124,6 +125,7 @@ PREVIEW_ROWS = 5
 )
 @events_options
 @broker_options
+@consumer_timeout_option
 @handle_errors
 def main(
     source,

@@ -227,6 +227,16 @@ def _lost_ack(t: TaskRecord, run: Run) -> str | None:
     return None
 
 
+def _consumer_timeout(t: TaskRecord, run: Run) -> str | None:
+    timed_out = [a.worker for a in t.attempts if a.reason == "consumer_timeout"]
+    if timed_out:
+        return (
+            f"the broker's consumer_timeout ran out while worker {timed_out[0]} ran it: the "
+            "broker gave it to the queue again, and the worker stopped it"
+        )
+    return None
+
+
 def _worker_stopped_mid_task(t: TaskRecord, run: Run) -> str | None:
     cut = [a.worker for a in t.attempts[:-1] if a.outcome == "unfinished"]
     if cut:
@@ -262,6 +272,7 @@ def _broker_redelivered(t: TaskRecord, run: Run) -> str | None:
 #: wins (docs/REPORT.md lists them). A new cause is one more function in this list.
 CAUSES: list[Callable[[TaskRecord, Run], str | None]] = [
     _lost_ack,
+    _consumer_timeout,
     _worker_stopped_mid_task,
     _cold_stop,
     _failed,

@@ -10,9 +10,9 @@ import click
 from utils import broker
 from utils.errors import ConnectionLost, PublishRefused
 from utils.logformat import shorten
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import broker_options, consumer_timeout_option, handle_errors, make_settings
 from utils.plural import plural
-from utils.task import ATTEMPT_HEADERS, H_REASON, delivery_ids
+from utils.task import ATTEMPT_HEADERS, delivery_ids, failure_reason
 
 
 @click.command()
@@ -22,6 +22,7 @@ from utils.task import ATTEMPT_HEADERS, H_REASON, delivery_ids
     help="Move every dead letter back to the work queue, its attempt count reset.",
 )
 @broker_options
+@consumer_timeout_option
 @handle_errors
 def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_dir: Path) -> None:
     """List the tasks that failed for good (in <queue>.dead), or retry them with --requeue.
@@ -83,9 +84,7 @@ def _describe(props: Any, body: bytes) -> str:
     tid, row, _run = delivery_ids(props, body)
     if not props.message_id:
         tid = "- (no message id: another tool published it)"
-    reason = (props.headers or {}).get(H_REASON, "?")
-    if isinstance(reason, bytes):
-        reason = reason.decode("utf-8", "replace")
+    reason = failure_reason(props.headers or {})
     return f"  row {row if row is not None else '-'}  task {tid}  reason: {reason}  body: {_readable(body)}"
 
 

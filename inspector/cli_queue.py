@@ -49,7 +49,8 @@ def status(
 
     Counts come from the broker over AMQP. The unacked count and the publish/deliver
     rates come from the management API when it answers; when it does not, status says
-    so and shows the rest.
+    so and shows the rest. A quorum queue with no dead-letter target gets a warning, with
+    the command (a policy) that gives it one.
     """
     settings = make_settings(urls, queue, queue_type, log_dir)
     if not watch:

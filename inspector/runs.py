@@ -28,6 +28,7 @@ class Attempt:
     end: datetime | None = None
     outcome: str = "unfinished"  # done, failed, requeued, unfinished
     seconds: float | None = None
+    reason: str = ""  # of a failed or requeued attempt (requeued: "cold stop", "consumer_timeout")
 
 
 @dataclass
@@ -292,6 +293,7 @@ def _apply(run: Run, ts: datetime, f: dict[str, str]) -> None:
         if a.worker == worker and a.end is None:
             a.end = ts
             a.outcome = ev
+            a.reason = f.get("reason", "")
             a.seconds = float(f["seconds"]) if f.get("seconds") else (ts - a.start).total_seconds()
             return
     if ev == "done":  # its `started` line was lost (rotated away, garbled): still count it

@@ -7,23 +7,20 @@ gather step and one more render step, without touching the others.
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.error
-import urllib.request
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from utils import broker
 from utils.errors import TaskToolError
+from utils.management import (
+    ManagementUnavailable,
+    default_management_url,
+    fetch_json,
+    queue_warnings,
+)
 from utils.plural import plural
 from utils.settings import Settings, mask_url, url_host, url_vhost
-
-#: Seconds we give the management API to answer before saying it did not.
-MANAGEMENT_TIMEOUT = 2.0
-#: The management plugin listens on the AMQP port plus this, on our nodes (scripts/broker).
-MANAGEMENT_PORT_OFFSET = 10000
 
 
 @dataclass
@@ -38,6 +35,8 @@ class QueuePart:
     queue_type: str | None = None
     dead_queue: str = ""
     dead: int | None = None  # None: there is no dead-letter queue (yet)
+    #: What the queue lacks that we would have given it, with the command that fixes it.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,14 +87,6 @@ class Status:
         return asdict(self)
 
 
-def default_management_url(amqp_url: str) -> str:
-    """http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password."""
-    parts = urlsplit(amqp_url)
-    port = (parts.port or 5672) + MANAGEMENT_PORT_OFFSET
-    userinfo = f"{parts.username or 'guest'}:{parts.password or 'guest'}@"
-    return urlunsplit(("http", f"{userinfo}{parts.hostname}:{port}", "/", "", ""))
-
-
 def gather(settings: Settings, management_url: str | None) -> Status:
     """Ask the broker (AMQP) and its management API (HTTP) about the queue."""
     nodes = _node_parts(settings) if len(settings.urls) > 1 else None
@@ -109,14 +100,27 @@ def gather(settings: Settings, management_url: str | None) -> Status:
     management = _management_part(
         queue, mgmt_url, url_vhost(url), fallback_url=url, cluster=cluster
     )
-    if queue.exists and queue.queue_type is None:
-        # The API did not say; ask AMQP (a passive probe, after we know the queue exists).
+    if queue.exists:
         conn, _ = broker.connect(settings, client_name="tasks status")
         try:
-            queue.queue_type = broker.probe_queue_type(conn, settings.queue)
+            if queue.queue_type is None:
+                # The API did not say; ask AMQP (a probe, after we know the queue exists).
+                queue.queue_type = broker.probe_queue_type(conn, settings.queue)
+            queue.warnings = _warnings(conn, settings, url, mgmt_url)
         finally:
             conn.close()
     return Status(mask_url(url), queue, management, cluster)
+
+
+def _warnings(conn: Any, settings: Settings, url: str, mgmt_url: str) -> list[str]:
+    """What the queue lacks (a dead-letter target), as `work` says it too."""
+    try:
+        shape = broker.queue_shape(conn, settings.queue)
+    except TaskToolError:  # a stream, say: `work` says what is wrong with it
+        return []
+    if shape is None:
+        return []
+    return queue_warnings(settings, shape, url, management_url=mgmt_url)
 
 
 def _node_parts(settings: Settings) -> list[NodePart]:
@@ -188,36 +192,6 @@ def _rate(stats: dict[str, Any], key: str) -> float:
     return float(rate) if isinstance(rate, (int, float)) else 0.0
 
 
-class ManagementUnavailable(Exception):
-    """The management API did not answer, or answered with something we cannot use."""
-
-
-def fetch_json(base_url: str, path: str, credentials_from: str = "") -> dict[str, Any]:
-    """GET base_url + path as JSON, with the base URL's credentials (else credentials_from's)."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ManagementUnavailable("not an http(s) URL")
-    creds = parts if parts.username else urlsplit(credentials_from)
-    user, password = unquote(creds.username or "guest"), unquote(creds.password or "guest")
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/", "", ""))
-    request = urllib.request.Request(base + path)
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT) as response:
-            data = json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        raise ManagementUnavailable(f"HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise ManagementUnavailable(str(exc.reason)) from None
-    except (OSError, ValueError) as exc:
-        raise ManagementUnavailable(f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ManagementUnavailable("the answer was not a JSON object")
-    return data
-
-
 def _n(v: int | None, unknown: str = "unknown") -> str:
     return unknown if v is None else str(v)
 
@@ -234,6 +208,7 @@ def render(s: Status) -> list[str]:
         ]
     dead = plural(q.dead, "message") if q.dead is not None else "none (no dead letters yet)"
     lines.append(f"  dead-letter queue '{q.dead_queue}': {dead}")
+    lines.extend(f"  warning: {w}" for w in q.warnings)
     if m.answered:
         lines.append(
             f"  rates (per second, from the management API): publish {m.publish_rate or 0:.1f}, "

@@ -89,3 +89,172 @@ def test_tasks_taken_unacked_go_back_when_given_back(conn, broker_url, queue):
     assert [d[2] for d in got if d] == [b"a", b"b"] and got[2] is None
     channel.give_back_all()
     assert queue_counts(broker_url, queue) == (2, 0)
+
+
+# The queue's shape: what we create, and what we find -----------------------------------------
+def declare_raw(url: str, queue: str, arguments: dict | None) -> None:
+    c = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        c.channel().queue_declare(queue, durable=True, arguments=arguments)
+    finally:
+        c.close()
+
+
+def test_a_quorum_queue_we_create_dead_letters_to_its_dead_queue_at_least_once(
+    conn, broker_url, queue
+):
+    _channel, info = broker.declare_queue(conn, Settings(queue=queue))
+    assert info.created and info.queue_type == "quorum" and not info.no_dead_letter_args
+    # The broker accepts the same declaration again only if every argument matches.
+    declare_raw(
+        broker_url,
+        queue,
+        {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{queue}.dead",
+            "x-delivery-limit": broker.DELIVERY_LIMIT,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    assert queue_counts(broker_url, f"{queue}.dead") == (0, 0)  # declared with it
+    # Declaring it again (emit, work and tasks all do) finds it as it is, with no note.
+    _channel, again = broker.declare_queue(conn, Settings(queue=queue))
+    assert (again.created, again.queue_type, again.note, again.no_dead_letter_args) == (
+        False,
+        "quorum",
+        "",
+        False,
+    )
+    assert broker.probe_queue_type(conn, queue) == "quorum"
+
+
+def test_a_message_rejected_past_the_delivery_limit_lands_in_the_dead_queue_not_nowhere(
+    conn, broker_url, queue
+):
+    broker.declare_queue(conn, Settings(queue=queue))
+    task = Task("bounced", "b-1")
+    broker.publish_copy(conn, queue, task.encode(), task.properties(), {})
+    channel = broker.open_channel(conn)
+    deliveries = 0
+    for _ in range(200):
+        got = channel.get(queue)
+        if got is None:
+            if queue_counts(broker_url, f"{queue}.dead")[0]:
+                break
+            conn.sleep(0.05)
+            continue
+        deliveries += 1
+        channel.nack(got[0].delivery_tag)
+    assert deliveries == broker.DELIVERY_LIMIT + 1
+    [(_m, props, body)] = drain(broker_url, f"{queue}.dead")
+    assert body == b"bounced" and props.headers["x-first-death-reason"] == "delivery_limit"
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_an_old_quorum_queue_without_dead_letter_arguments_is_used_as_it_is_and_flagged(
+    conn, broker_url, queue, queue_type
+):
+    declare_raw(broker_url, queue, {"x-queue-type": "quorum"})  # as the code before made them
+    _channel, info = broker.declare_queue(conn, Settings(queue=queue, queue_type=queue_type))
+    assert (info.created, info.queue_type, info.no_dead_letter_args) == (False, "quorum", True)
+    assert info.note == (
+        ""
+        if queue_type == "quorum"
+        else f"queue '{queue}' exists as a quorum queue; using it as it is"
+    )
+    assert broker.probe_queue_type(conn, queue) == "quorum"
+
+
+@pytest.mark.parametrize("arguments", [{"x-queue-type": "classic"}, None])
+def test_a_classic_queue_keeps_its_shape_for_us_and_for_the_tutorial(
+    conn, broker_url, queue, arguments
+):
+    declare_raw(broker_url, queue, arguments)  # ours with --queue-type classic, the tutorial's
+    _channel, info = broker.declare_queue(conn, Settings(queue=queue))
+    assert (info.queue_type, info.no_dead_letter_args) == ("classic", False)
+    assert info.note == f"queue '{queue}' exists as a classic queue; using it as it is"
+    _channel, info = broker.declare_queue(conn, Settings(queue=queue, queue_type="classic"))
+    assert (info.queue_type, info.note, info.no_dead_letter_args) == ("classic", "", False)
+    declare_raw(broker_url, queue, arguments)  # still the tutorial's shape
+
+
+def test_a_quorum_queue_of_ours_is_used_as_it_is_by_a_classic_declaration(conn, broker_url, queue):
+    broker.declare_queue(conn, Settings(queue=queue))
+    _channel, info = broker.declare_queue(conn, Settings(queue=queue, queue_type="classic"))
+    assert (info.queue_type, info.no_dead_letter_args) == ("quorum", False)
+    assert info.note == f"queue '{queue}' exists as a quorum queue; using it as it is"
+
+
+def test_the_dead_letter_policy_gives_what_the_arguments_would():
+    assert broker.dead_letter_policy("q") == {
+        "dead-letter-exchange": "",
+        "dead-letter-routing-key": "q.dead",
+        "delivery-limit": broker.DELIVERY_LIMIT,
+        "dead-letter-strategy": "at-least-once",
+        "overflow": "reject-publish",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        (
+            "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout "
+            "value used: 3000 ms. This timeout value can be configured, see consumers doc "
+            "guide to learn more",
+            3.0,
+        ),
+        ("PRECONDITION_FAILED - delivery acknowledgement timed out", 0.0),
+        ("PRECONDITION_FAILED - unknown delivery tag 99", None),
+    ],
+)
+def test_a_consumer_timeout_is_read_from_the_brokers_words(text, seconds):
+    exc = pika.exceptions.ChannelClosedByBroker(406, text)
+    assert broker.consumer_timeout_of(exc) == seconds
+    if seconds:
+        assert broker.plain_reason(exc) == (
+            "the broker's consumer_timeout (3 s) ran out: it has given this task back to the queue"
+        )
+
+
+def two_deliveries_waiting(conn, queue: str) -> broker.Consumer:
+    """A consumer (prefetch 2) with two deliveries come but not taken yet."""
+    for n in (1, 2):
+        task = Task(f"t{n}", f"t-{n}")
+        broker.publish_copy(conn, queue, task.encode(), task.properties(), {}, declare=True)
+    consumer, _info = broker.consume(conn, Settings(queue=queue, queue_type="classic"), prefetch=2)
+    while len(consumer.deliveries) < 2:
+        consumer.pump(0.1)
+    return consumer
+
+
+def test_deliveries_already_here_when_the_broker_cancels_are_taken_first_and_can_be_acked(
+    conn, broker_url, queue
+):
+    """The queue is deleted under a consumer holding deliveries it has not taken yet: they
+    are handed out (and acked) before pump says the consumer is gone, never dropped."""
+    consumer = two_deliveries_waiting(conn, queue)
+    other = pika.BlockingConnection(pika.URLParameters(broker_url))
+    other.channel().queue_delete(queue)
+    other.close()
+    taken = []
+    with pytest.raises(ConnectionLost, match="cancelled our consumer"):
+        for _ in range(50):
+            consumer.pump(0.1)
+            while consumer.deliveries:
+                method, _props, body = consumer.deliveries.popleft()
+                consumer.ack(method.delivery_tag)
+                taken.append(body)
+    assert taken == [b"t1", b"t2"]
+
+
+def test_a_closed_channel_is_said_at_once_even_with_deliveries_waiting(conn, queue):
+    """They cannot be acked any more (the broker has put them back): pump says so at once."""
+    consumer = two_deliveries_waiting(conn, queue)
+    consumer.ack(99)  # no such delivery: the broker closes the channel
+    with pytest.raises(ConnectionLost, match="406"):
+        for _ in range(50):
+            consumer.pump(0.1)
+    assert len(consumer.deliveries) == 2  # still there, for the worker to name as it drops them

@@ -55,11 +55,17 @@ def test_emit_declares_a_durable_quorum_queue_by_default(env, broker_url, queue)
     assert run("emit", "--message", "x.", env=env).returncode == 0
     import pika
 
+    from utils.broker import queue_arguments
+
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:  # a declaration with the same arguments is accepted only if they match
-        conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        conn.channel().queue_declare(
+            queue, durable=True, arguments=queue_arguments("quorum", queue)
+        )
     finally:
         conn.close()
+    # ... and its dead-letter target is there to take what the broker gives up on.
+    assert queue_counts(broker_url, f"{queue}.dead") == (0, 0)
 
 
 def test_malformed_csv_publishes_no_rows(env, broker_url, queue, tmp_path: Path):

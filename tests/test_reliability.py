@@ -22,10 +22,12 @@ import pytest
 
 from tests.helpers import (
     BIN,
+    RABBITMQ,
     ROOT,
     Proc,
     broker_report,
     done_rows,
+    drain,
     events,
     queue_ready,
     run,
@@ -34,14 +36,21 @@ from tests.helpers import (
     wait_for_event,
     wait_for_stream_event,
 )
+from utils.broker import DELIVERY_LIMIT
 from utils.logformat import parse_ts
 
 pytestmark = pytest.mark.slow
 
 RESULTS: dict[str, dict[str, object]] = {}
-#: Where the figures go; RELIABILITY_RESULTS names another file.
+#: Where the figures go, one file per RabbitMQ version; RELIABILITY_RESULTS names another.
 RESULTS_FILE = Path(
-    os.environ.get("RELIABILITY_RESULTS", ROOT / "bench" / "results" / "reliability.json")
+    os.environ.get(
+        "RELIABILITY_RESULTS",
+        ROOT
+        / "bench"
+        / "results"
+        / ("reliability-rabbitmq4.json" if RABBITMQ == 4 else "reliability.json"),
+    )
 )
 
 
@@ -122,15 +131,20 @@ class Run:
         return round(min(firsts) - self.fault_at, 2) if firsts else None
 
 
-def check_and_record(name: str, r: Run, rows: int, **extra: object) -> dict[str, object]:
-    """The common end-state check; returns the run's JSON report."""
+def check_and_record(
+    name: str, r: Run, rows: int, dead: tuple[int, ...] = (), **extra: object
+) -> dict[str, object]:
+    """The common end-state check (every row done, or dead-lettered if it is in `dead`);
+    returns the run's JSON report."""
     r.stop_workers()
     rep = r.report()
     audit = rep["audit"]
     assert audit["missing"] == [], audit
     assert audit["ok"] is True
     assert audit["emitted"] == rows
-    assert len(audit["done_once"]) + len(audit["duplicates"]) == rows
+    assert audit["dead_lettered"] == list(dead), audit
+    done = audit["done_once"] + [d["row"] for d in audit["duplicates"]]
+    assert sorted(done + list(dead)) == list(range(1, rows + 1)), audit
     for dup in audit["duplicates"] + audit["redelivered"]:
         assert not dup["cause"].startswith("unknown"), dup
     # The event stream on the broker tells the same story as the logs, to the last field.
@@ -141,6 +155,7 @@ def check_and_record(name: str, r: Run, rows: int, **extra: object) -> dict[str,
         "duplicates": len(audit["duplicates"]),
         "redelivered": len(audit["redelivered"]),
         "recovery_seconds": r.recovery_seconds(),
+        **({"dead_lettered": len(dead)} if dead else {}),
         **extra,
     }
     return rep
@@ -298,6 +313,99 @@ def test_6_a_task_three_times_the_heartbeat_timeout_runs_once(scenario):
     assert rep["audit"]["duplicates"] == [] and rep["audit"]["redelivered"] == []
 
 
+# 7 -------------------------------------------------------------------------------------------
+#: A node whose consumer_timeout is 3 s, checked every second (the channel's tick; 60 s by
+#: default, so the close comes up to a minute late).
+SHORT_CONSUMER_TIMEOUT = {
+    "extra_conf": "consumer_timeout = 3000",
+    "advanced_conf": "[{rabbit, [{channel_tick_interval, 1000}]}].",
+}
+
+
+def test_7_a_task_longer_than_consumer_timeout_is_stopped_said_and_dead_lettered_not_looped(
+    make_node, scenario
+):
+    node = make_node(**SHORT_CONSUMER_TIMEOUT)
+    r = on_node(scenario, node)
+    r.start_workers(2, "--seconds-per-dot", "1")
+    # Row 3 takes 30 s; the others 1 s, well within the broker's 3 s.
+    rows = [f"Task {n} {'.' * (30 if n == 3 else 1)}" for n in range(1, 11)]
+    (r.tmp / "t.csv").write_text("".join(f"{x}\n" for x in rows))
+    r.emit(str(r.tmp / "t.csv"))
+    dead = wait_for(
+        "row 3 dead-lettered",
+        lambda: [
+            e
+            for p in r.workers
+            for e in events(log_of(r, p))
+            if e["event"] == "dead_lettered" and e["row"] == "3"
+        ],
+        timeout=120,
+    )
+    wait_for("rows 1..10 but 3 done", lambda: done_rows(r.logs) >= set(range(1, 11)) - {3})
+    evs = sorted(
+        (e for p in r.workers for e in events(log_of(r, p)) if e.get("row") == "3"),
+        key=lambda e: e["ts"],
+    )
+    # Each attempt: started, then -- while the task still runs (it would take 30 s) -- the
+    # broker's words naming consumer_timeout, then the worker stops it; 3 attempts, no more.
+    said = [e for e in evs if e["event"] == "connection_lost"]
+    assert len(said) == 3, evs
+    for e in said:
+        assert e["reason"] == (
+            "the broker's consumer_timeout (3 s) ran out: it has given this task back to the queue"
+        )
+    started = [e for e in evs if e["event"] == "started"]
+    stopped = [e for e in evs if e["event"] == "requeued"]
+    assert [e["attempt"] for e in started] == ["1", "2", "3"]
+    assert [e["reason"] for e in stopped] == ["consumer_timeout"] * 3
+    noticed = [
+        (parse_ts(lost["ts"]) - parse_ts(start["ts"])).total_seconds()
+        for start, lost in zip(started, said, strict=True)
+    ]
+    assert all(3 <= n < 30 for n in noticed), noticed  # mid-task, not at its end
+    assert dead[0]["reason"].endswith("on attempt 3; attempt 4 would be past --max-attempts 3")  # type: ignore[index]
+    [(_m, props, body)] = drain(node.url, f"{r.env['TASK_QUEUE']}.dead")
+    assert body == rows[2].encode() and "x-failure-reason" in props.headers
+    rep = check_and_record(
+        "7 consumer_timeout shorter than a task",
+        r,
+        10,
+        dead=(3,),
+        noticed_after_seconds=[round(n, 1) for n in noticed],
+    )
+    [again] = [d for d in rep["audit"]["redelivered"] if d["row"] == 3]
+    assert "consumer_timeout" in again["cause"]
+
+
+def test_7_consumer_timeout_raised_for_a_queue_we_create_where_the_broker_lets_us(
+    make_node, scenario
+):
+    """work --consumer-timeout gives the queue it creates x-consumer-timeout: RabbitMQ 4
+    (3.12 and later) lets a 6 s task through a 3 s node timeout; 3.10 has no per-queue
+    timeout: the worker says so, with what to do instead, and the node's 3 s stands."""
+    node = make_node(**SHORT_CONSUMER_TIMEOUT)
+    r = on_node(scenario, node)
+    r.start_workers(1, "--seconds-per-dot", "1", "--consumer-timeout", "20")
+    r.emit("--message", "Task 1 ......")
+    log = log_of(r, r.workers[0])
+    if RABBITMQ == 4:
+        r.wait_done(1)
+        kinds = [e["event"] for e in events(log)]
+        assert "queue_warning" not in kinds and "connection_lost" not in kinds
+        check_and_record("7b --consumer-timeout 20 on a 3 s node", r, 1)
+    else:
+        [warned] = wait_for_event(log, "queue_warning")
+        assert "has no per-queue consumer timeout" in warned["note"]
+        assert "consumer_timeout = 20000 in rabbitmq.conf" in warned["note"]
+        lost = wait_for_event(log, "connection_lost")
+        assert "consumer_timeout (3 s)" in lost[0]["reason"]
+        RESULTS["7b --consumer-timeout 20 on a 3 s node"] = {
+            "tasks": 1,
+            "note": "RabbitMQ 3.10 ignores x-consumer-timeout; the node's 3 s closed the channel",
+        }
+
+
 # 8 -------------------------------------------------------------------------------------------
 def test_8_a_memory_alarm_blocks_the_emitter_which_waits_it_out(make_node, scenario):
     node = make_node(extra_conf="vm_memory_high_watermark.absolute = 1")
@@ -411,3 +519,99 @@ def test_11_volume_100000_tasks_through_3_workers(scenario):
     # Duplicates only where the broker redelivered.
     for d in rep["audit"]["duplicates"]:
         assert "redeliver" in d["cause"] or "ack" in d["cause"], d
+
+
+# 12 ------------------------------------------------------------------------------------------
+#: A task command that SIGKILLs its own worker when the body says "crash" (its shell's
+#: parent is the worker), and does nothing otherwise.
+KILL_MY_WORKER = 'case "$TASK_BODY" in *crash*) kill -9 $PPID; sleep 5;; esac'
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_12_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_max_attempts(
+    scenario, queue_type
+):
+    r = scenario
+    r.env = {**r.env, "TASK_QUEUE_TYPE": queue_type}
+    args = ("--shell", "--exec", KILL_MY_WORKER, "--max-attempts", "3")
+    rows = [f"Task {n}{' crash' if n == 7 else ''}" for n in range(1, 21)]
+    (r.tmp / "t.csv").write_text("".join(f"{x}\n" for x in rows))
+    r.start_workers(2, *args)
+    r.emit(str(r.tmp / "t.csv"))
+    killed = []
+
+    def supervise() -> bool:
+        """Restart each killed worker, as systemd's Restart=always would; done once row 7
+        is dead-lettered and the rest done."""
+        for p in list(r.workers):
+            if p.popen.poll() == -signal.SIGKILL and p not in killed:
+                killed.append(p)
+                r.start_workers(1, *args)
+        dead = any(
+            e["event"] == "dead_lettered" and e["row"] == "7"
+            for p in r.workers
+            for e in events(log_of(r, p))
+        )
+        return dead and done_rows(r.logs) >= set(range(1, 21)) - {7}
+
+    wait_for("row 7 dead-lettered and the rest done", supervise, timeout=120)
+    killed = [p for p in r.workers if p.popen.poll() == -signal.SIGKILL]
+    assert len(killed) == 3  # one worker per attempt, and no more
+    r.workers = [p for p in r.workers if p not in killed]
+    [(_m, props, body)] = drain(r.env["AMQP_URL"], f"{r.env['TASK_QUEUE']}.dead")
+    assert body == b"Task 7 crash"
+    assert props.headers["x-failure-reason"] == (
+        "lost its worker (crash, kill, lost connection or given back) on attempt 3; "
+        "attempt 4 would be past --max-attempts 3"
+    )
+    rep = check_and_record(
+        f"12 a task that SIGKILLs its worker every time ({queue_type})",
+        r,
+        20,
+        dead=(7,),
+        workers_killed=len(killed),
+    )
+    [t] = [t for t in rep["tasks"] if t["row"] == 7]
+    assert t["dead_lettered"] and t["attempts"] == 3 and t["times_done"] == 0
+
+
+# 13 ------------------------------------------------------------------------------------------
+def test_13_a_foreign_consumer_that_keeps_rejecting_a_task_leaves_it_in_the_dead_queue(
+    scenario,
+):
+    """Another client on our quorum queue nacks (requeue) one of our tasks, again and again.
+    The broker gives up at the queue's delivery limit and dead-letters it to <queue>.dead,
+    with its reason; nothing is dropped (RabbitMQ 4 would drop it with no dead-letter
+    target). `tasks dead --requeue` then gives it back to our workers."""
+    r = scenario
+    url, queue = r.env["AMQP_URL"], r.env["TASK_QUEUE"]
+    r.emit("--message", "Task 1 .", "--message", "Task 2 .")
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    nacks = 0
+    try:
+        ch = conn.channel()
+        misses = 0
+        while nacks < 30 and misses < 20:  # up to 30 nacks, or until the broker keeps it
+            method, props, _ = ch.basic_get(queue)
+            if method is None:
+                misses += 1
+                conn.sleep(0.05)
+                continue
+            misses = 0
+            if props.headers.get("source-row") == 2:
+                continue  # held unacked: the broker gives it back when we close
+            nacks += 1
+            ch.basic_nack(method.delivery_tag, requeue=True)
+    finally:
+        conn.close()
+    assert nacks == DELIVERY_LIMIT + 1 < 30
+    wait_for("row 2 back in the queue", lambda: queue_ready(url, queue) == 1)
+    listed = run("tasks", "dead", env=r.env)
+    assert listed.returncode == 0, listed.stderr
+    assert "row 1 " in listed.stdout
+    assert f"the broker dead-lettered it from {queue}: delivery_limit" in listed.stdout
+    back = run("tasks", "dead", "--requeue", env=r.env)
+    assert back.returncode == 0 and "moved 1 dead letter(s) back" in back.stdout, back.stderr
+    r.start_workers(1, "--seconds-per-dot", "0")
+    r.wait_done(2)
+    check_and_record("13 a foreign consumer rejects a task 30 times", r, 2, broker_deliveries=nacks)

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+import shlex
+from urllib.parse import urlsplit
 
 import pika
 
-from tests.helpers import queue_counts, run, spawn, wait_for, wait_for_event
+from tests.helpers import (
+    broker_script,
+    events,
+    queue_counts,
+    run,
+    spawn,
+    wait_for,
+    wait_for_event,
+)
+from utils.broker import DELIVERY_LIMIT
 
 
 def status(env: dict[str, str], *args: str) -> dict:
@@ -92,3 +103,109 @@ def test_purge_yes_removes_without_asking_and_says_how_many(env, broker_url, que
     assert queue_counts(broker_url, queue) == (0, 0)
     r = run("tasks", "purge", "--yes", "--queue", f"{queue}-none", env=env)
     assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_queue_without_a_dead_letter_target_is_warned_of_once_with_the_command_that_fixes_it(
+    env, broker_url, queue, logs, tmp_path
+):
+    """A quorum queue as the code before made them: work and status say, in one line, what
+    is missing and the policy that fixes it; once the policy is set, neither says it."""
+    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    finally:
+        conn.close()
+    r = run("work", "--name", "old", "--exit-when-idle", "0.2", env=env)
+    assert r.returncode == 0, r.stderr
+    warned = [e for e in events(logs / "worker-old.log") if e["event"] == "queue_warning"]
+    assert len(warned) == 1 and f"queue '{queue}' has no dead-letter target" in warned[0]["note"]
+    command = warned[0]["note"].split("fix it with: ", 1)[1]
+    assert command.startswith("rabbitmqctl set_policy ") and "\n" not in command
+    s = status(env)
+    assert s["queue"]["warnings"] == [warned[0]["note"]]
+    text = run("tasks", "status", env=env).stdout
+    assert [line for line in text.splitlines() if "warning" in line] == [
+        f"  warning: {warned[0]['note']}"
+    ]
+    # Without the management API, a policy cannot be seen: the warning says so.
+    blind = status(env, "--management-url", "http://localhost:1/")["queue"]["warnings"]
+    assert len(blind) == 1 and "could not be checked" in blind[0]
+
+    # The exact command, run on our node (scripts/broker ctl runs rabbitmqctl there).
+    port = str(urlsplit(broker_url).port)
+    name = shlex.split(command)[2]
+    fixed = broker_script("ctl", *shlex.split(command)[1:], BROKER_PORT=port)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    try:
+        assert status(env)["queue"]["warnings"] == []
+        r = run("work", "--name", "fixed", "--exit-when-idle", "0.2", env=env)
+        assert r.returncode == 0 and "queue_warning" not in names(logs / "worker-fixed.log")
+        # ... and the policy does what our own arguments would: a message rejected past the
+        # delivery limit lands in <queue>.dead.
+        assert run("emit", "--message", "bounced", env=env).returncode == 0
+        assert nack_until_gone(broker_url, queue) == DELIVERY_LIMIT + 1
+        wait_for("the dead letter", lambda: queue_counts(broker_url, f"{queue}.dead")[0] == 1)
+    finally:
+        broker_script("ctl", "clear_policy", name, BROKER_PORT=port)
+
+
+def names(log) -> list[str]:
+    return [e["event"] for e in events(log)]
+
+
+def nack_until_gone(url: str, queue: str) -> int:
+    """Take the queue's one message and nack it with requeue until the broker keeps it;
+    returns how many times it was delivered."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        deliveries = 0
+        misses = 0
+        while misses < 20:
+            method, _props, _body = ch.basic_get(queue)
+            if method is None:
+                misses += 1
+                conn.sleep(0.05)
+                continue
+            misses = 0
+            deliveries += 1
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        return deliveries
+    finally:
+        conn.close()
+
+
+def test_the_policy_in_force_is_the_highest_priority_match_for_queues():
+    from utils.management import _policy_in_force
+
+    policies = [
+        {"pattern": "^q$", "apply-to": "queues", "priority": 0, "definition": {"a": 1}},
+        {"pattern": "^q", "apply-to": "all", "priority": 5, "definition": {"b": 2}},
+        {"pattern": "^q$", "apply-to": "exchanges", "priority": 9, "definition": {"c": 3}},
+        {"pattern": "^other$", "apply-to": "queues", "priority": 7, "definition": {"d": 4}},
+        {"pattern": "(", "apply-to": "queues", "priority": 8, "definition": {"e": 5}},
+    ]
+    assert _policy_in_force(policies, "q") == {"b": 2}
+    assert _policy_in_force(policies, "nothing") == {}
+    assert _policy_in_force("not a list", "q") == {}
+
+
+def test_the_policy_command_names_one_queue_and_its_vhost_quoted_for_a_shell():
+    from utils.management import policy_command
+
+    assert policy_command("task_queue", "/", {"delivery-limit": 20}) == (
+        "rabbitmqctl set_policy task_queue-tasks '^task_queue$' '{\"delivery-limit\":20}' "
+        "--apply-to queues"
+    )
+    cmd = policy_command("jobs.v2", "my vhost", {"x": ""})
+    assert shlex.split(cmd) == [
+        "rabbitmqctl",
+        "set_policy",
+        "-p",
+        "my vhost",
+        "jobs.v2-tasks",
+        "^jobs\\.v2$",
+        '{"x":""}',
+        "--apply-to",
+        "queues",
+    ]

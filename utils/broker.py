@@ -69,9 +69,10 @@ _R = TypeVar("_R")
 def _lost(exc: BaseException) -> ConnectionLost:
     """Our error for one of pika's lost-connection errors, with the broker's reason."""
     reason = plain_reason(exc) or type(exc).__name__
-    if isinstance(exc, px.ChannelClosed):
+    timeout = consumer_timeout_of(exc)
+    if isinstance(exc, px.ChannelClosed) and timeout is None:
         reason = "the broker closed the channel: " + reason
-    return ConnectionLost(reason, "", getattr(exc, "reply_code", None))
+    return ConnectionLost(reason, "", getattr(exc, "reply_code", None), consumer_timeout=timeout)
 
 
 def _our_errors(f: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -277,6 +278,16 @@ def connect(
     raise last
 
 
+def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
+    """The broker's version, e.g. (4, 0, 5), as it said when we connected (() if it did not)."""
+    # BlockingConnection does not pass the server's properties on; the connection it wraps
+    # keeps them from Connection.Start.
+    props = getattr(getattr(connection, "_impl", None), "server_properties", None) or {}
+    raw = props.get("version", b"")
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
+
+
 @dataclass(frozen=True)
 class QueueInfo:
     """What we learnt about the work queue while declaring it."""
@@ -287,14 +298,70 @@ class QueueInfo:
     messages: int
     consumers: int
     note: str = ""
+    #: A quorum queue whose own arguments name no dead-letter target (one made before we
+    #: declared them, or by another tool): the broker drops what it gives up on, unless a
+    #: policy sets one (utils/management.py looks). False for every other queue.
+    no_dead_letter_args: bool = False
 
 
+#: The delivery limit of the quorum queues we create. The broker dead-letters a message
+#: delivered this many times plus one (to <queue>.dead, with x-death reason delivery_limit).
+#: Our workers dead-letter a task themselves once past --max-attempts (3 by default), so
+#: this limit only acts on what they never see: another consumer that keeps rejecting a
+#: message, or --max-attempts set above it. 20 is RabbitMQ 4's own default, so the broker
+#: gives up at the count it would anyway, but into <queue>.dead instead of dropping it.
+DELIVERY_LIMIT = 20
+
+#: The arguments that name a queue's dead-letter target.
+_DEAD_LETTER_ARGS = ("x-dead-letter-exchange", "x-dead-letter-routing-key")
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*current is (?P<current>.*)$")
 
 
-def queue_arguments(queue_type: str) -> dict[str, Any]:
-    """The arguments we declare a new work queue with."""
-    return {"x-queue-type": queue_type}
+def queue_arguments(queue_type: str, name: str) -> dict[str, Any]:
+    """The arguments we declare a new work queue with (a quorum queue: its dead letters).
+
+    A quorum queue dead-letters to <queue>.dead at DELIVERY_LIMIT, at least once: the broker
+    keeps a dead letter until <queue>.dead has confirmed it (docs/DESIGN.md). That strategy
+    needs x-overflow reject-publish, which matters only under a length limit: a full queue
+    then refuses new messages (emit reports them) instead of dropping its oldest.
+    A classic queue has no delivery limit, so nothing there is dropped by the broker.
+    """
+    if queue_type != "quorum":
+        return {"x-queue-type": queue_type}
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_name(name),
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def dead_letter_policy(queue: str) -> dict[str, Any]:
+    """A policy definition that gives an existing quorum queue what queue_arguments would."""
+    args = queue_arguments("quorum", queue)
+    return {k.removeprefix("x-"): v for k, v in args.items() if k != "x-queue-type"}
+
+
+def _probe(
+    connection: pika.BlockingConnection, name: str, arguments: dict[str, Any]
+) -> tuple[BlockingChannel, str, str]:
+    """Declare an existing queue with these arguments: (channel, "", "") when they match,
+    else a fresh channel and the first argument the broker found different, and its value.
+
+    The broker checks a queue's dead-letter arguments before its type, so a 406 about
+    x-dead-letter-exchange says nothing of the type.
+    """
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, durable=True, arguments=arguments)
+        return channel, "", ""
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code != PRECONDITION_FAILED:
+            raise _queue_error(exc, name) from None
+        m = _INEQUIVALENT.search(exc.reply_text)
+    return connection.channel(), (m["arg"] if m else "?"), (m["current"] if m else "?")
 
 
 @_our_errors
@@ -303,6 +370,7 @@ def declare_queue(
 ) -> tuple[BlockingChannel, QueueInfo]:
     """Make sure the work queue exists, using an existing one as it is where we safely can.
 
+    A quorum queue we create gets a dead-letter target, <queue>.dead, declared with it.
     Returns an open channel (a 406 or 404 closes the one it happened on) and what we found.
     """
     name = settings.queue
@@ -313,27 +381,63 @@ def declare_queue(
         if exc.reply_code != NOT_FOUND:
             raise _queue_error(exc, name) from None
         channel = connection.channel()
+        arguments = queue_arguments(settings.queue_type, name)
+        if settings.consumer_timeout:
+            # RabbitMQ 3.12 and later apply it to this queue's consumers; 3.10 ignores it.
+            # The broker does not compare it on a later declaration, so it never clashes.
+            arguments["x-consumer-timeout"] = round(settings.consumer_timeout * 1000)
         try:
-            ok = channel.queue_declare(
-                name, durable=True, arguments=queue_arguments(settings.queue_type)
-            )
+            if settings.queue_type == "quorum":
+                _ensure(connection, dead_letter_name(name))
+            channel.queue_declare(name, durable=True, arguments=arguments)
         except px.ChannelClosedByBroker as exc2:
             raise _queue_error(exc2, name) from None
         return channel, QueueInfo(name, settings.queue_type, True, 0, 0)
 
-    # It exists. Probe its shape with the declaration we would have made; a 406 names the
-    # first argument that differs and what the queue has instead.
-    messages, consumers = ok.method.message_count, ok.method.consumer_count
-    try:
-        channel.queue_declare(name, durable=True, arguments=queue_arguments(settings.queue_type))
-        return channel, QueueInfo(name, settings.queue_type, False, messages, consumers)
-    except px.ChannelClosedByBroker as exc:
-        if exc.reply_code != PRECONDITION_FAILED:
-            raise _queue_error(exc, name) from None
-        text = exc.reply_text
+    channel.close()
+    channel, info = _shape(connection, name, settings.queue_type, ok.method)
+    if info.queue_type == "quorum":
+        # Where a dead-letter target (ours, or a policy's) sends what the broker gives up on;
+        # an operator may have deleted it, and at least once, the broker waits for it.
+        _ensure(connection, dead_letter_name(name))
+    return channel, info
+
+
+@_our_errors
+def queue_shape(connection: pika.BlockingConnection, name: str) -> QueueInfo | None:
+    """What declare_queue would find of an existing queue (None when there is none); it
+    creates nothing."""
+    counts = _passive(connection, name)
+    if counts is None:
+        return None
+    channel, info = _shape(connection, name, "quorum", counts)
+    channel.close()
+    return info
+
+
+def _passive(connection: pika.BlockingConnection, name: str) -> Any:
+    """A queue's Queue.DeclareOk (message and consumer counts), or None when there is none."""
     channel = connection.channel()
-    m = _INEQUIVALENT.search(text)
-    arg, current = (m["arg"], m["current"]) if m else ("?", "?")
+    try:
+        ok = channel.queue_declare(name, passive=True)
+    except px.ChannelClosedByBroker as exc:
+        if exc.reply_code == NOT_FOUND:
+            return None
+        raise _queue_error(exc, name) from None
+    channel.close()
+    return ok.method
+
+
+def _shape(
+    connection: pika.BlockingConnection, name: str, wanted: str, counts: Any
+) -> tuple[BlockingChannel, QueueInfo]:
+    """Probe an existing queue's shape with the declaration we would have made (of type
+    `wanted`); a 406 names the first argument that differs and what the queue has instead.
+    Returns an open channel and what we found."""
+    messages, consumers = counts.message_count, counts.consumer_count
+    channel, arg, current = _probe(connection, name, queue_arguments(wanted, name))
+    if not arg:
+        return channel, QueueInfo(name, wanted, False, messages, consumers)
     if arg in ("durable", "auto_delete", "exclusive"):
         raise QueueMismatch(
             f"queue '{name}' already exists but is not a durable, shared queue "
@@ -341,6 +445,25 @@ def declare_queue(
             f"delete it ('tasks purge' empties it; 'scripts/broker ctl delete_queue {name}' "
             f"removes it) or pick another name with --queue / TASK_QUEUE",
         )
+    if wanted != "quorum":  # perhaps a quorum queue of ours
+        channel.close()
+        channel, arg, current = _probe(connection, name, queue_arguments("quorum", name))
+        if not arg:
+            note = _as_it_is(name, "quorum", wanted)
+            return channel, QueueInfo(name, "quorum", False, messages, consumers, note)
+    if arg in _DEAD_LETTER_ARGS and current.strip() == "none":
+        # No dead-letter arguments: a queue made before we declared them, or by another
+        # tool. Its type, asked alone, tells the rest.
+        channel.close()
+        channel, arg, current = _probe(connection, name, {"x-queue-type": "quorum"})
+        if not arg:
+            note = _as_it_is(name, "quorum", wanted)
+            return channel, QueueInfo(
+                name, "quorum", False, messages, consumers, note, no_dead_letter_args=True
+            )
+    if arg in ("x-delivery-limit", "x-dead-letter-strategy"):  # only quorum queues check these
+        note = f"queue '{name}' exists with its own {arg} ({current}); using it as it is"
+        return channel, QueueInfo(name, "quorum", False, messages, consumers, note)
     if arg == "x-queue-type":
         found = _found_type(current)
         if found == "stream":
@@ -348,10 +471,15 @@ def declare_queue(
                 f"queue '{name}' is a stream, which cannot serve as a work queue",
                 "pick another name with --queue / TASK_QUEUE",
             )
-        note = f"queue '{name}' exists as a {found} queue; using it as it is"
+        note = _as_it_is(name, found, wanted)
         return channel, QueueInfo(name, found, False, messages, consumers, note)
     note = f"queue '{name}' exists with other arguments ({arg}); using it as it is"
     return channel, QueueInfo(name, "as it is", False, messages, consumers, note)
+
+
+def _as_it_is(name: str, found: str, wanted: str) -> str:
+    """The note for an existing queue of another type than we would create ('' if the same)."""
+    return "" if found == wanted else f"queue '{name}' exists as a {found} queue; using it as it is"
 
 
 def _found_type(current: str) -> str:
@@ -366,15 +494,8 @@ def _found_type(current: str) -> str:
 @_our_errors
 def queue_counts(connection: pika.BlockingConnection, name: str) -> tuple[int, int] | None:
     """(ready messages, consumers) of a queue, or None when it does not exist; creates nothing."""
-    channel = connection.channel()
-    try:
-        ok = channel.queue_declare(name, passive=True)
-    except px.ChannelClosedByBroker as exc:
-        if exc.reply_code == NOT_FOUND:
-            return None
-        raise _queue_error(exc, name) from None
-    channel.close()
-    return ok.method.message_count, ok.method.consumer_count
+    counts = _passive(connection, name)
+    return None if counts is None else (counts.message_count, counts.consumer_count)
 
 
 @_our_errors
@@ -386,11 +507,21 @@ def probe_queue_type(connection: pika.BlockingConnection, name: str) -> str:
     """
     channel = connection.channel()
     try:
-        channel.queue_declare(name, durable=True, arguments=queue_arguments("quorum"))
+        channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
     except px.ChannelClosedByBroker as exc:
         m = _INEQUIVALENT.search(exc.reply_text)
         if exc.reply_code == PRECONDITION_FAILED and m and m["arg"] == "x-queue-type":
             return _found_type(m["current"])
+        if exc.reply_code == PRECONDITION_FAILED and m and m["arg"] in _DEAD_LETTER_ARGS:
+            # The broker checks dead-letter arguments before the type: only a quorum queue
+            # of ours has them with these values, so try that declaration.
+            channel = connection.channel()
+            try:
+                channel.queue_declare(name, durable=True, arguments=queue_arguments("quorum", name))
+            except px.ChannelClosedByBroker:
+                return "unknown"
+            channel.close()
+            return "quorum"
         return "unknown"
     channel.close()
     return "quorum"
@@ -411,6 +542,10 @@ def purge_queue(connection: pika.BlockingConnection, name: str) -> int:
 @_our_errors
 def ensure_queue(connection: pika.BlockingConnection, name: str) -> None:
     """Make sure a durable side queue (e.g. `<queue>.dead`) exists, as it is if it does."""
+    _ensure(connection, name)
+
+
+def _ensure(connection: pika.BlockingConnection, name: str) -> None:
     try:
         channel = connection.channel()
         channel.queue_declare(name, passive=True)
@@ -419,7 +554,9 @@ def ensure_queue(connection: pika.BlockingConnection, name: str) -> None:
     except px.ChannelClosedByBroker as exc:
         if exc.reply_code != NOT_FOUND:
             raise _queue_error(exc, name) from None
-    connection.channel().queue_declare(name, durable=True)
+    channel = connection.channel()
+    channel.queue_declare(name, durable=True)
+    channel.close()
 
 
 def publish_copy(
@@ -552,22 +689,24 @@ class Consumer(Channel):
     def pump(self, seconds: float | None = None) -> None:
         """Process broker events: for up to `seconds`, or (None) until the next event.
 
-        Raises ConnectionLost when the connection or channel is gone, or when the broker
-        cancelled our consumer (once the deliveries already here are taken).
+        Raises ConnectionLost when the connection or channel is gone (the broker has taken
+        back what it delivered on it, so the deliveries not yet taken cannot be acked
+        either), or when the broker cancelled our consumer (once the deliveries already here,
+        which can still be acked, are taken).
         """
         try:
             self.connection.process_data_events(time_limit=seconds)
         except _LOST_ERRORS as exc:
             raise self._lost_error(exc) from None
-        if not self.deliveries:  # (what came is taken first; a closed channel fails its ack)
-            if self._cancelled_by_broker:
-                raise ConnectionLost(
-                    "the broker cancelled our consumer: the queue was deleted, or the node "
-                    "holding it went away; declaring it again"
-                )
-            # pika's process_data_events() does not raise for a channel the broker closed.
-            if not self._channel.is_open:
-                raise self._lost_error()
+        # pika's process_data_events() does not raise for a channel the broker closed (a
+        # consumer_timeout, say): a task still running learns of it here, within a pump.
+        if not self._channel.is_open:
+            raise self._lost_error()
+        if self._cancelled_by_broker and not self.deliveries:
+            raise ConnectionLost(
+                "the broker cancelled our consumer: the queue was deleted, or the node "
+                "holding it went away; declaring it again"
+            )
 
     def wake_every(self, seconds: float) -> None:
         """Make pump(None) return at least every `seconds`, for as long as the connection is open.
@@ -647,14 +786,33 @@ def _queue_error(exc: px.ChannelClosedByBroker, name: str) -> TaskToolError:
     return ChannelClosed(f"the broker closed the channel: {plain_reason(exc)}", "")
 
 
+#: RabbitMQ's words when it closes a channel that held a delivery past consumer_timeout:
+#: "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout value
+#: used: 3000 ms. ..." (3.10 and 4.0 alike; older versions name no value).
+_ACK_TIMED_OUT = re.compile(r"delivery acknowledgement (?:on channel \d+ )?timed out", re.I)
+_TIMEOUT_USED = re.compile(r"Timeout value used: (\d+) ms")
+
+
+def consumer_timeout_of(exc: BaseException) -> float | None:
+    """The broker's consumer_timeout in seconds (0.0 when it named none) when it closed the
+    channel because a delivery went unacknowledged that long; None for any other reason."""
+    text = getattr(exc, "reply_text", "") or ""
+    if getattr(exc, "reply_code", None) != PRECONDITION_FAILED or not _ACK_TIMED_OUT.search(text):
+        return None
+    m = _TIMEOUT_USED.search(text)
+    return int(m[1]) / 1000 if m else 0.0
+
+
 def plain_reason(exc: BaseException) -> str:
     """What the broker said when it closed a channel or connection, in plain words."""
     code = getattr(exc, "reply_code", None)
     text = getattr(exc, "reply_text", "") or str(exc)
-    if code == PRECONDITION_FAILED and "delivery acknowledgement timed out" in text.lower():
+    timeout = consumer_timeout_of(exc)
+    if timeout is not None:
+        value = f" ({timeout:g} s)" if timeout else ""
         return (
-            "the task took longer than the broker's consumer_timeout, so the broker closed "
-            "the channel and will redeliver it"
+            f"the broker's consumer_timeout{value} ran out: it has given this task back to "
+            "the queue"
         )
     if code == NOT_FOUND:
         return f"the queue is gone ({text})"

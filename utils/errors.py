@@ -65,13 +65,23 @@ class ConnectionLost(TaskToolError):
 
     The message says why in plain words; `reply_code` is the broker's code when the broker
     closed it (320 shutdown or an operator, 406 consumer_timeout, 404 queue gone), else None.
+    `consumer_timeout` is the broker's timeout in seconds (0.0 if it named none) when it
+    closed the channel because a delivery went unacknowledged that long, else None.
     """
 
     exit_code = ExitCode.BROKER_UNAVAILABLE
 
-    def __init__(self, message: str, hint: str = "", reply_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        hint: str = "",
+        reply_code: int | None = None,
+        *,
+        consumer_timeout: float | None = None,
+    ) -> None:
         super().__init__(message, hint)
         self.reply_code = reply_code
+        self.consumer_timeout = consumer_timeout
 
 
 class PublishRefused(TaskToolError):

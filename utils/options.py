@@ -138,11 +138,46 @@ def broker_options(f: F) -> F:
     return f
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    # Kept out of the commands' signatures, as the TLS files are: make_settings reads them.
+    if value is not None and param.name:
+        ctx.meta.setdefault("queue_options", {})[param.name] = value
+
+
+def consumer_timeout_option(f: F) -> F:
+    """--consumer-timeout: the x-consumer-timeout of a queue this command creates."""
+    return click.option(
+        "--consumer-timeout",
+        envvar="TASK_CONSUMER_TIMEOUT",
+        type=click.FloatRange(min=1),
+        metavar="SECONDS",
+        expose_value=False,
+        callback=_remember,
+        help="How long the broker lets a worker hold a task unacknowledged, for a queue this "
+        "command creates (env TASK_CONSUMER_TIMEOUT; RabbitMQ 3.12 and later). Raise it "
+        "for tasks longer than the broker's consumer_timeout (30 minutes by default).",
+    )(f)
+
+
+def management_url_option(f: F) -> F:
+    """--management-url: where the management API is, for what AMQP cannot tell."""
+    return click.option(
+        "--management-url",
+        envvar="TASK_MANAGEMENT_URL",
+        metavar="URL",
+        expose_value=False,
+        callback=_remember,
+        help="The management API, to check the queue's policy (env TASK_MANAGEMENT_URL). "
+        "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
+    )(f)
+
+
 def make_settings(
     urls: tuple[str, ...], queue: str, queue_type: str, log_dir: Path, heartbeat: int | None = None
 ) -> Settings:
     ctx = click.get_current_context(silent=True)
     tls = TlsFiles(**(ctx.meta.get("tls", {}) if ctx else {}))
+    extra = ctx.meta.get("queue_options", {}) if ctx else {}
     return Settings(
         urls=urls,
         queue=queue,
@@ -150,6 +185,8 @@ def make_settings(
         heartbeat=heartbeat,
         log_dir=log_dir,
         tls=tls,
+        consumer_timeout=extra.get("consumer_timeout"),
+        management_url=extra.get("management_url"),
     )
 
 

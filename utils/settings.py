@@ -31,6 +31,10 @@ class Settings:
     heartbeat: int | None = None  # None: take the broker's (60 s by default)
     log_dir: Path = Path("logs")
     tls: TlsFiles = TlsFiles()
+    #: Seconds: the x-consumer-timeout of a work queue we create (RabbitMQ 3.12 and later).
+    consumer_timeout: float | None = None
+    #: The management API (None: the AMQP URL's host, port + 10000).
+    management_url: str | None = None
 
     @property
     def url(self) -> str:

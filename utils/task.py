@@ -127,6 +127,28 @@ def _attempt(headers: dict[str, Any]) -> int:
     return n
 
 
+#: What RabbitMQ's x-death reasons mean, for a person.
+_DEATHS = {
+    "delivery_limit": "delivered more often than its queue's delivery limit allows "
+    "(each time rejected, or its consumer lost)",
+    "rejected": "a consumer rejected it without requeueing",
+    "expired": "its time to live ran out",
+    "maxlen": "its queue was full",
+}
+
+
+def failure_reason(headers: dict[str, Any]) -> str:
+    """Why a dead letter is dead: our x-failure-reason, else what the broker put in x-death."""
+    ours = headers.get(H_REASON)
+    if ours is not None:
+        return _text(ours) or ""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        why, queue = _text(deaths[0].get("reason")) or "?", _text(deaths[0].get("queue"))
+        return f"the broker dead-lettered it from {queue}: {why}, {_DEATHS.get(why, 'its reason')}"
+    return "?"
+
+
 def delivery_ids(properties: pika.BasicProperties, body: bytes) -> tuple[str, Any, Any]:
     """Message id, row and run of any message, even one whose body cannot be decoded."""
     headers = properties.headers or {}

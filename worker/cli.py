@@ -17,10 +17,12 @@ from utils.logformat import EventLog
 from utils.options import (
     EnvOption,
     broker_options,
+    consumer_timeout_option,
     events_options,
     handle_errors,
     make_events_config,
     make_settings,
+    management_url_option,
 )
 from utils.terminal import Terminal
 from worker.handlers import DotSleep, Handler, RunCommand
@@ -96,6 +98,8 @@ def log_path(log_dir: Path, name: str) -> Path:
 @click.option("-q", "--quiet", is_flag=True, help="Write events to the log file only.")
 @events_options
 @broker_options
+@consumer_timeout_option
+@management_url_option
 @handle_errors
 def main(
     name,

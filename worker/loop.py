@@ -15,11 +15,23 @@ from typing import Any
 from utils import broker
 from utils.errors import AccessRefused, ConnectionLost, PublishRefused, QueueMismatch, TaskToolError
 from utils.logformat import EventLog, shorten
+from utils.management import queue_warnings
 from utils.settings import Settings, url_host
-from utils.task import DecodeError, Task, delivery_ids
+from utils.task import H_DELIVERY_COUNT, DecodeError, Task, delivery_ids
 from worker.handlers import Handler
 from worker.running import TaskRunner
-from worker.settle import DONE, DONE_EARLIER, FAILED, POISON, Settler, WorkerTally, decide
+from worker.settle import (
+    ARRIVED,
+    DONE,
+    DONE_EARLIER,
+    FAILED,
+    POISON,
+    REDELIVERED,
+    RUN,
+    Settler,
+    WorkerTally,
+    decide,
+)
 from worker.stop import TICK, TwoStageStop
 
 #: Reconnect back-off: first delay, and the cap, in seconds.
@@ -51,7 +63,7 @@ class Worker:
         self.log = log
         self.tally = WorkerTally()
         self._stop = TwoStageStop(log, opts.name, threading.Event())
-        self._runner = TaskRunner(handler, opts.task_timeout, self._stop, self._log_lost)
+        self._runner = TaskRunner(handler, opts.task_timeout, self._stop, self._lost_mid_task)
         self._settler = Settler(settings.queue, opts.name, opts.max_attempts, log, self.tally)
         self._instant = getattr(handler, "is_instant", None)
         self._lost_logged = False  # connection_lost already logged for this connection
@@ -113,8 +125,9 @@ class Worker:
                 self._runner.shutdown()
                 return self.tally
             except (ConnectionLost, PublishRefused) as lost:
-                consumer.drop()  # what it held unacked, the broker gives back
                 self._log_lost(lost.message)
+                self._log_dropped(consumer, lost.message)
+                consumer.drop()  # what it held unacked, the broker gives back
                 self._lost_logged = False
                 if self._stop.stage:
                     self.tally.stop = self._stop.describe("after the connection was lost")
@@ -150,20 +163,50 @@ class Worker:
                 node=self._node,
                 note=info.note or None,
             )
+            # Once, at start: what the queue lacks (a dead-letter target, the consumer
+            # timeout asked for), with the command that fixes it.
+            version = broker.server_version(conn)
+            for text in queue_warnings(
+                self.settings, info, url, version, self.settings.management_url
+            ):
+                self.log.event("queue_warning", worker=self.opts.name, queue=info.name, note=text)
         return consumer
 
-    def _log_lost(self, reason: str, task: Task | None = None) -> None:
+    def _lost_mid_task(self, lost: ConnectionLost, task: Task) -> None:
+        timeout = lost.consumer_timeout
+        if timeout is not None:
+            value = f" ({timeout:g} s)" if timeout else ""
+            self._settler.note_ending(task.task_id, f"the broker's consumer_timeout{value} ran out")
+        self._log_lost(lost.message, task, stopping=timeout is not None)
+
+    def _log_lost(self, reason: str, task: Task | None = None, stopping: bool = False) -> None:
         """Say once per connection, in plain words, that it is gone and what happens next."""
         if self._lost_logged:
             return
         self._lost_logged = True
-        note = (
-            "finishing the task; its ack will be lost, so the broker will redeliver it"
-            if task
-            else "reconnecting"
-        )
+        if stopping:
+            note = "stopping the task (another worker may be running it now), then reconnecting"
+        elif task:
+            note = "finishing the task; its ack will be lost, so the broker will redeliver it"
+        else:
+            note = "reconnecting"
         ids = task.ids() if task else {}
         self.log.event("connection_lost", worker=self.opts.name, **ids, reason=reason, note=note)
+
+    def _log_dropped(self, consumer: broker.Consumer, reason: str) -> None:
+        """Name each delivery that came but was not started, as the connection goes with it."""
+        for _method, properties, body in consumer.deliveries:
+            tid, row, run = delivery_ids(properties, body)
+            self.log.event(
+                "dropped",
+                worker=self.opts.name,
+                task=tid,
+                row=row,
+                run=run,
+                reason=reason,
+                note="received but not started; the broker puts it back in its queue, "
+                "if the queue still exists",
+            )
 
     def _should_exit(self, after_one_more: bool = False) -> bool:
         if self._stop.stage:
@@ -216,10 +259,28 @@ class Worker:
             self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
             return
         redelivered = bool(method.redelivered)
+        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
+        early = False
         if redelivered:
             self.tally.redelivered += 1
+            early = self._settler.finished_earlier(task.task_id)
+        if not early and (redelivered or task.attempt > max_attempts):
+            # Has it attempts left, whatever ended the earlier ones? (A first delivery within
+            # --max-attempts has: the common case skips the call.)
+            # A delivery that carries the broker's count is from a queue that counts (a
+            # quorum queue, even one whose type the declaration could not tell).
+            counted = H_DELIVERY_COUNT in (properties.headers or {})
+            before = decide(
+                REDELIVERED if redelivered else ARRIVED,
+                task.attempt,
+                "quorum" if counted else self.queue_type,
+                max_attempts,
+                self._settler.ending_of(task.task_id) if redelivered else "",
+            )
+            if before.action is not RUN:
+                self._settler.settle(before, consumer, delivery, ids, self._should_exit(True))
+                return
         log = self.log
-        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
         # A task that takes no time has its two lines written once its ack is sent (see
         # EventLog.defer); any other line, ack_lost included, writes them first, in order.
         instant = self._instant is not None and self._instant(task)
@@ -233,10 +294,9 @@ class Worker:
             redelivered=redelivered,
             body=shorten(task.body),
         )
-        if redelivered and self._settler.finished_earlier(task.task_id):
-            # We finished this very task, then lost its ack (e.g. the broker's
-            # consumer_timeout closed the channel): ack the copy instead of running it again,
-            # which for a task longer than consumer_timeout would loop forever.
+        if early:
+            # We finished this very task, then lost its ack (the connection dropped just
+            # before it): ack the copy instead of running it again.
             self.tally.done += 1
             log.event(
                 "done",

@@ -30,13 +30,14 @@ class TaskRunner:
         handler: Handler,
         task_timeout: float | None,
         stop: TwoStageStop,
-        on_lost: Callable[[str, Task], None],
+        on_lost: Callable[[ConnectionLost, Task], None],
     ) -> None:
         self.handler = handler
         self.task_timeout = task_timeout
         self.stop = stop
         self.cancel: threading.Event = stop.cancel
-        #: Called once the connection is lost mid-task (the task goes on; its ack will fail).
+        #: Called once the connection is lost mid-task: the task goes on (its ack will fail),
+        #: unless the broker took it back (consumer_timeout), which stops it.
         self.on_lost = on_lost
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="task")
 
@@ -47,6 +48,7 @@ class TaskRunner:
         deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
         timed_out = False
         lost = False
+        taken_back = ""  # the broker's words, once it took the task back (consumer_timeout)
         while True:
             try:
                 output = future.result(timeout=TICK)
@@ -54,15 +56,21 @@ class TaskRunner:
             except cf.TimeoutError:
                 pass
             except Cancelled:
+                if taken_back:
+                    return Outcome.TAKEN_BACK, taken_back
                 if self.stop.stage == 2:
                     return Outcome.COLD_STOP, ""
                 if timed_out:
                     return Outcome.FAILED, f"timed out after {self.task_timeout:g} s"
                 return Outcome.FAILED, "cancelled"
             except TaskFailed as exc:
+                if taken_back:  # it failed as it was being stopped: not an attempt of its own
+                    return Outcome.TAKEN_BACK, taken_back
                 out = exc.output.strip()
                 return Outcome.FAILED, exc.reason + (f"; output: {out}" if out else "")
             except Exception as exc:  # the handler's own error: the task failed
+                if taken_back:
+                    return Outcome.TAKEN_BACK, taken_back
                 return Outcome.FAILED, f"{type(exc).__name__}: {exc}"
             self.stop.announce(task)
             if self.stop.stage == 2:
@@ -78,9 +86,18 @@ class TaskRunner:
                 try:
                     consumer.pump(0)
                 except ConnectionLost as exc:
-                    # Finish the task all the same; its ack will fail and say so.
                     lost = True
-                    self.on_lost(exc.message, task)
+                    self.on_lost(exc, task)
+                    if exc.consumer_timeout is not None:
+                        # The broker has put the task back in the queue, where another
+                        # worker may take it now: stop it, as a cold stop would, rather than
+                        # run it twice at once, with an ack that can only fail
+                        # (docs/WORKER.md). It comes back with its attempt counted.
+                        taken_back = exc.message
+                        self.cancel.set()
+                        if self._abandon_if_stuck(future, task, consumer, lost):
+                            return Outcome.TAKEN_BACK, taken_back
+                    # Otherwise finish the task all the same; its ack will fail and say so.
 
     def _abandon_if_stuck(
         self, future: cf.Future[str], task: Task, consumer: broker.Consumer, lost: bool
@@ -96,7 +113,7 @@ class TaskRunner:
                     continue
                 except ConnectionLost as exc:
                     lost = True
-                    self.on_lost(exc.message, task)
+                    self.on_lost(exc, task)
             time.sleep(TICK / 2)
         if future.done():
             return False

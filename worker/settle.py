@@ -23,13 +23,21 @@ DONE_UNACKED_MAX = 1000
 
 
 class Outcome(Enum):
-    """How handling a delivery ended."""
+    """How handling a delivery ended; ARRIVED and REDELIVERED: where it stands before it runs."""
 
     DONE = "done"
     FAILED = "failed"
     COLD_STOP = "cold stop"  # interrupted by a second stop signal
     POISON = "poison"  # the message cannot be read as a task
     DONE_EARLIER = "done earlier"  # we finished this task before, but its ack was lost
+    #: the broker took the task back while it ran (its consumer_timeout ran out), so the
+    #: handler was stopped: another worker may be running it already
+    TAKEN_BACK = "taken back"
+    #: not run yet: a first delivery
+    ARRIVED = "arrived"
+    #: not run yet: delivered again, after an attempt that ended with no result (its worker
+    #: crashed, was killed or lost its connection, or gave it back unfinished)
+    REDELIVERED = "redelivered"
 
 
 class Action(Enum):
@@ -44,6 +52,8 @@ class Action(Enum):
     DEAD_LETTER = "dead-letter"
     #: reject with requeue, unfinished: another worker will do it
     GIVE_BACK = "give back"
+    #: run the task: it has attempts left
+    RUN = "run"
 
 
 # Python 3.11 takes about 0.2 µs to look an enum member up (Outcome.DONE), several times a
@@ -55,13 +65,20 @@ DONE, FAILED, COLD_STOP, POISON, DONE_EARLIER = (
     Outcome.POISON,
     Outcome.DONE_EARLIER,
 )
-ACK, RETRY_REQUEUE, RETRY_REPUBLISH, DEAD_LETTER, GIVE_BACK = (
+TAKEN_BACK, ARRIVED, REDELIVERED = Outcome.TAKEN_BACK, Outcome.ARRIVED, Outcome.REDELIVERED
+ACK, RETRY_REQUEUE, RETRY_REPUBLISH, DEAD_LETTER, GIVE_BACK, RUN = (
     Action.ACK,
     Action.RETRY_REQUEUE,
     Action.RETRY_REPUBLISH,
     Action.DEAD_LETTER,
     Action.GIVE_BACK,
+    Action.RUN,
 )
+
+#: The reason= of a task given back by a cold stop, and of one the broker took back when
+#: its consumer_timeout ran out (tasks report reads both).
+COLD_STOPPED = "cold stop"
+CONSUMER_TIMEOUT = "consumer_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +86,14 @@ class Decision:
     """What to do with one delivery, and what the doing needs to know."""
 
     action: Action
-    reason: str = ""  # why it is dead-lettered (its x-failure-reason header)
-    attempt: int = 0  # the number of the attempt a retry will be
+    reason: str = ""  # why it is dead-lettered (x-failure-reason), retried or given back
+    attempt: int = 0  # the number of the attempt a retry, or this run, will be
     done: bool = False  # the work is done: should the ack be lost, do not run it again
 
 
 _ACK_DONE = Decision(ACK, done=True)
-_GIVE_BACK_UNFINISHED = Decision(GIVE_BACK)
+_GIVE_BACK_UNFINISHED = Decision(GIVE_BACK, COLD_STOPPED)
+_GIVEN_BACK_BY_THE_BROKER = Decision(GIVE_BACK, CONSUMER_TIMEOUT)
 
 
 def decide(
@@ -83,20 +101,57 @@ def decide(
 ) -> Decision:
     """What to do with a delivery, from its outcome, its attempt number and the queue type.
 
-    `reason` says why a task failed, or why a message is poison.
+    `reason` says why a task failed, or why a message is poison. Before a task runs
+    (ARRIVED, REDELIVERED), decide says whether it may: whatever ended its earlier attempts,
+    a task past --max-attempts goes to the dead-letter queue instead; `reason` then says
+    what ended its last attempt, when this worker saw it (a consumer_timeout, say).
     """
     if outcome is DONE or outcome is DONE_EARLIER:
         return _ACK_DONE
     if outcome is COLD_STOP:
         return _GIVE_BACK_UNFINISHED
+    if outcome is TAKEN_BACK:
+        return _GIVEN_BACK_BY_THE_BROKER
     if outcome is POISON:
         return Decision(DEAD_LETTER, reason)
+    if outcome is ARRIVED or outcome is REDELIVERED:
+        return _before_it_runs(outcome is REDELIVERED, attempt, queue_type, max_attempts, reason)
     if attempt >= max_attempts:
         return Decision(DEAD_LETTER, f"failed {plural(attempt, 'time')}; last: {reason}")
     if queue_type == "quorum":
         return Decision(RETRY_REQUEUE, attempt=attempt + 1)
     # A classic queue (or one of a type we could not tell) keeps no count of deliveries.
     return Decision(RETRY_REPUBLISH, attempt=attempt + 1)
+
+
+def _before_it_runs(
+    redelivered: bool, attempt: int, queue_type: str, max_attempts: int, ended: str
+) -> Decision:
+    """Run a delivery, or dead-letter it when it is past --max-attempts (docs/DESIGN.md).
+
+    A quorum queue counts every delivery that ended without an ack (x-delivery-count), so
+    `attempt` already counts an attempt that lost its worker. A classic queue counts
+    nothing: a redelivered message there carries the x-attempt of the attempt that was cut
+    short, so that attempt is counted now, on a confirmed copy with x-attempt + 1 that
+    takes its place in the queue. Either way, nothing loops for ever.
+    """
+    counted_here = redelivered and queue_type != "quorum"
+    now = attempt + 1 if counted_here else attempt
+    if now > max_attempts:
+        if not redelivered:
+            return Decision(DEAD_LETTER, f"attempt {now} is past --max-attempts {max_attempts}")
+        return Decision(
+            DEAD_LETTER,
+            f"{ended or _LOST_WORKER} on attempt {now - 1}; attempt {now} would be past "
+            f"--max-attempts {max_attempts}",
+        )
+    if counted_here:
+        return Decision(RETRY_REPUBLISH, f"{ended or _LOST_WORKER} on attempt {attempt}", now)
+    return Decision(RUN, attempt=now)
+
+
+#: What ended an attempt that came back with no result, as far as the queue can tell.
+_LOST_WORKER = "lost its worker (crash, kill, lost connection or given back)"
 
 
 @dataclass
@@ -138,6 +193,9 @@ class Settler:
         #: Tasks that finished but whose ack was lost: a redelivered copy is acked at once
         #: instead of being run again (bounded; oldest forgotten first).
         self._done_unacked: dict[str, None] = {}
+        #: What ended a task's last attempt here, when the worker knows better than the queue
+        #: (the broker took it back: consumer_timeout); bounded like _done_unacked.
+        self._endings: dict[str, str] = {}
         #: The consumer on whose connection we last made sure the dead-letter queue exists
         #: (it may have gone with a broker that restarted).
         self._dead_declared_on: broker.Consumer | None = None
@@ -148,6 +206,16 @@ class Settler:
             del self._done_unacked[task_id]
             return True
         return False
+
+    def note_ending(self, task_id: str, what: str) -> None:
+        """Remember what ended a task's attempt here, for the reason should it be dead-lettered."""
+        self._endings[task_id] = what
+        while len(self._endings) > DONE_UNACKED_MAX:
+            del self._endings[next(iter(self._endings))]
+
+    def ending_of(self, task_id: str) -> str:
+        """What ended this task's last attempt here ('' when this worker did not see it end)."""
+        return self._endings.pop(task_id, "")
 
     def settle(
         self,
@@ -172,13 +240,14 @@ class Settler:
                 consumer.reject(tag)
             except ConnectionLost:
                 pass  # closing the connection gives it back all the same
-            self.log.event(
-                "requeued",
-                worker=self.worker,
-                **ids,
-                reason="cold stop",
-                note="gave the task back to the queue unfinished; another worker will do it",
+            note = (
+                "stopped the task: the broker had given it back to the queue already "
+                "(consumer_timeout), and another worker may be running it; for tasks this "
+                "long, raise the timeout (docs/WORKER.md)"
+                if decision.reason == CONSUMER_TIMEOUT
+                else "gave the task back to the queue unfinished; another worker will do it"
             )
+            self.log.event("requeued", worker=self.worker, **ids, reason=decision.reason, note=note)
             return
         if action is not ACK:
             self._before_the_ack(decision, consumer, properties, body, ids)
@@ -229,7 +298,12 @@ class Settler:
         action = decision.action
         if action is RETRY_REQUEUE or action is RETRY_REPUBLISH:
             self.log.event(
-                "retry", worker=self.worker, **ids, attempt=decision.attempt, of=self.max_attempts
+                "retry",
+                worker=self.worker,
+                **ids,
+                attempt=decision.attempt,
+                of=self.max_attempts,
+                reason=decision.reason or None,
             )
         headers = dict(properties.headers or {})
         if action is RETRY_REPUBLISH:

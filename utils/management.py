@@ -1,0 +1,199 @@
+"""The broker's management API, where it answers: what AMQP cannot tell.
+
+`tasks status` reads the unacked count and rates here; `work` and `tasks status` read a
+queue's arguments and the policy in force, to say whether an existing queue has a
+dead-letter target (queue_warning). Nothing here is required: a broker without the
+management plugin gets a plain note instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import shlex
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from utils.broker import DELIVERY_LIMIT, QueueInfo, dead_letter_policy
+from utils.settings import Settings, mask_url, url_vhost
+
+#: Seconds we give the management API to answer before saying it did not.
+MANAGEMENT_TIMEOUT = 2.0
+#: The management plugin listens on the AMQP port plus this (RabbitMQ's 5672 and 15672;
+#: our nodes too, see scripts/broker).
+MANAGEMENT_PORT_OFFSET = 10000
+
+
+class ManagementUnavailable(Exception):
+    """The management API did not answer, or answered with something we cannot use."""
+
+
+def default_management_url(amqp_url: str) -> str:
+    """http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password."""
+    parts = urlsplit(amqp_url)
+    port = (parts.port or 5672) + MANAGEMENT_PORT_OFFSET
+    userinfo = f"{parts.username or 'guest'}:{parts.password or 'guest'}@"
+    return urlunsplit(("http", f"{userinfo}{parts.hostname}:{port}", "/", "", ""))
+
+
+def fetch_json(base_url: str, path: str, credentials_from: str = "") -> dict[str, Any]:
+    """GET base_url + path as a JSON object, with the base URL's credentials (else
+    credentials_from's)."""
+    data = _get(base_url, path, credentials_from)
+    if not isinstance(data, dict):
+        raise ManagementUnavailable("the answer was not a JSON object")
+    return data
+
+
+def _get(base_url: str, path: str, credentials_from: str = "") -> Any:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ManagementUnavailable("not an http(s) URL")
+    creds = parts if parts.username else urlsplit(credentials_from)
+    user, password = unquote(creds.username or "guest"), unquote(creds.password or "guest")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/", "", ""))
+    request = urllib.request.Request(base + path)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT) as response:
+            return json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        raise ManagementUnavailable(f"HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise ManagementUnavailable(str(exc.reason)) from None
+    except (OSError, ValueError) as exc:
+        raise ManagementUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class QueueSettings:
+    """A queue's arguments and the policy in force on it, as the management API says."""
+
+    answered: bool
+    note: str = ""  # why it did not answer
+    arguments: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)  # the definition in force
+
+    def setting(self, key: str) -> Any:
+        """A setting (without its x- prefix) from the queue's arguments, else its policy.
+
+        (An argument wins over a policy for the keys we look at.)
+        """
+        if f"x-{key}" in self.arguments:
+            return self.arguments[f"x-{key}"]
+        return self.policy.get(key)
+
+
+def queue_settings(amqp_url: str, queue: str, management_url: str | None) -> QueueSettings:
+    """Ask the management API about a queue; never raises."""
+    api = management_url or default_management_url(amqp_url)
+    vhost = quote(url_vhost(amqp_url), safe="")
+    try:
+        data = fetch_json(api, f"api/queues/{vhost}/{quote(queue, safe='')}", amqp_url)
+    except ManagementUnavailable as exc:
+        return QueueSettings(False, f"the management API at {mask_url(api)} did not answer ({exc})")
+    found = QueueSettings(True, arguments=dict(data.get("arguments") or {}))
+    found.policy = dict(data.get("effective_policy_definition") or {})
+    if not found.policy:
+        # The queue's own record of its policy is refreshed every few seconds; the list of
+        # policies is not, so a policy set a moment ago shows there first.
+        # (A user without the policymaker tag may not list them.)
+        with contextlib.suppress(ManagementUnavailable):
+            found.policy = _policy_in_force(_get(api, f"api/policies/{vhost}", amqp_url), queue)
+    return found
+
+
+def _policy_in_force(policies: Any, queue: str) -> dict[str, Any]:
+    """The definition of the policy that applies to a quorum queue: of those whose pattern
+    matches its name, the one with the highest priority."""
+    best: dict[str, Any] = {}
+    top = None
+    for p in policies if isinstance(policies, list) else []:
+        if not isinstance(p, dict) or p.get("apply-to") not in ("all", "queues", "quorum_queues"):
+            continue
+        try:
+            if not re.search(str(p.get("pattern", "")), queue):
+                continue
+        except re.error:
+            continue
+        priority = p.get("priority", 0)
+        if top is None or (isinstance(priority, int) and priority > top):
+            top, best = priority, dict(p.get("definition") or {})
+    return best
+
+
+def policy_command(queue: str, vhost: str, definition: dict[str, Any]) -> str:
+    """The rabbitmqctl command that sets this policy on this one queue (and no other)."""
+    where = "" if vhost == "/" else f"-p {shlex.quote(vhost)} "
+    return (
+        f"rabbitmqctl set_policy {where}{shlex.quote(queue + '-tasks')} "
+        f"{shlex.quote('^' + re.escape(queue) + '$')} "
+        f"{shlex.quote(json.dumps(definition, separators=(',', ':')))} --apply-to queues"
+    )
+
+
+#: x-consumer-timeout (queue argument) and the consumer-timeout policy key came in 3.12.
+CONSUMER_TIMEOUT_SINCE = (3, 12)
+
+
+def queue_warnings(
+    settings: Settings,
+    info: QueueInfo,
+    amqp_url: str,
+    broker_version: tuple[int, ...] = (),
+    management_url: str | None = None,
+) -> list[str]:
+    """What an existing queue lacks that we would have given it, one line each (none when
+    nothing is amiss): a dead-letter target (quorum), and the consumer timeout asked for.
+
+    Where a policy can give it, the line names the one command that does; one policy is in
+    force on a queue at a time, so that command gives it both.
+    """
+    lines: list[str] = []
+    timeout_ms = round(settings.consumer_timeout * 1000) if settings.consumer_timeout else None
+    if timeout_ms and broker_version and broker_version < CONSUMER_TIMEOUT_SINCE:
+        version = ".".join(map(str, broker_version))
+        lines.append(
+            f"RabbitMQ {version} has no per-queue consumer timeout (it came in 3.12), so "
+            f"--consumer-timeout does nothing here; raise the node's instead: "
+            f"consumer_timeout = {timeout_ms} in rabbitmq.conf, or at once: rabbitmqctl eval "
+            f"'application:set_env(rabbit, consumer_timeout, {timeout_ms}).'"
+        )
+        timeout_ms = None
+    need_dead_letter = info.no_dead_letter_args
+    need_timeout = bool(timeout_ms) and not info.created
+    if not (need_dead_letter or need_timeout):
+        return lines
+    found = queue_settings(amqp_url, info.name, management_url)
+    wanted: dict[str, Any] = {}
+    gaps: list[str] = []
+    if need_dead_letter and found.setting("dead-letter-exchange") is None:
+        gaps.append(
+            "no dead-letter target, so a message the broker gives up on is dropped "
+            f"(RabbitMQ 4 gives up after {DELIVERY_LIMIT} deliveries by default)"
+        )
+    if need_timeout and found.setting("consumer-timeout") != timeout_ms:
+        wanted["consumer-timeout"] = timeout_ms
+        gaps.append(
+            "a consumer timeout that --consumer-timeout cannot change (it applies only to "
+            "a queue we create)"
+        )
+    if not gaps:
+        return lines
+    if need_dead_letter:
+        wanted.update(dead_letter_policy(info.name))
+    unsure = (
+        ""
+        if found.answered
+        else f" ({found.note}, so a policy that already sees to it could not be checked)"
+    )
+    command = policy_command(info.name, url_vhost(amqp_url), wanted)
+    lines.append(f"queue '{info.name}' has {' and '.join(gaps)}{unsure}; fix it with: {command}")
+    return lines
