@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import time
+from datetime import datetime, timezone
 
 import pytest
 
 from emitter.source import CsvOptions, ReadStats, iter_rows
 from inspector.schedule import greedy, lower_bound, lpt, round_robin
+from utils import logformat
 from utils.errors import BadInput
 from utils.logformat import format_event, parse_line
 from utils.settings import check_url, mask_url, split_urls
@@ -24,6 +27,25 @@ def test_log_lines_round_trip_with_awkward_values():
     assert got is not None
     assert got["event"] == "started" and got["body"] == 'say "hi" = x'
     assert got["empty"] == "" and got["n"] == "3" and got["flag"] == "true"
+
+
+def test_time_stamps_are_utc_to_the_millisecond_across_second_boundaries(monkeypatch):
+    # now_iso keeps the formatted second between calls: stamps on both sides of a second
+    # (and of a day) must read as datetime would write them.
+    instants = [
+        1_800_000_000_999_999_999,
+        1_800_000_001_000_000_000,
+        1_800_000_001_000_999_999,
+        1_800_000_001_123_456_789,
+        1_800_057_599_999_000_000,
+        1_800_057_600_001_000_000,
+        1_800_000_000_500_000_000,  # the clock stepped back
+    ]
+    for ns in instants:
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
+        want = datetime.fromtimestamp(ns // 1000 / 1e6, timezone.utc)
+        want_text = want.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert logformat.now_iso() == want_text
 
 
 @pytest.mark.parametrize(
