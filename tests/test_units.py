@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +48,26 @@ def test_time_stamps_are_utc_to_the_millisecond_across_second_boundaries(monkeyp
         want = datetime.fromtimestamp(ns // 1000 / 1e6, timezone.utc)
         want_text = want.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert logformat.now_iso() == want_text
+
+
+#: Log values of every kind _value takes a fast path for, and of the kinds it does not.
+AWKWARD_VALUES = [True, False, 0, -3, 1.5, float("nan"), "", "a b", 'x"y', "é ü", "ok\n", "a\tb"]
+AWKWARD_VALUES += ["\x00", Path("/a b"), b"x y", ("a", 1), "Task 1", "t=1", "run-7"]
+
+
+@pytest.mark.parametrize("value", AWKWARD_VALUES)
+def test_log_values_are_bare_or_json_strings_as_before(value):
+    # The fast paths in _value (exact types, encode_basestring) write what the plain rule
+    # says: bool and float by their own forms, else str(value), quoted as JSON if it must be.
+    if isinstance(value, bool):
+        want = "true" if value else "false"
+    elif isinstance(value, float):
+        want = f"{value:.3f}"
+    else:
+        text = str(value)
+        bare = text and not any(c.isspace() or c in '"=' for c in text)
+        want = text if bare else json.dumps(text, ensure_ascii=False)
+    assert logformat._value(value) == want
 
 
 @pytest.mark.parametrize(

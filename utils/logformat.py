@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from datetime import datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,21 @@ def parse_ts(value: str) -> datetime:
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, bool):
+    # Exact types first: a worker formats about 15 values a task, most of them str or int.
+    t = type(v)
+    if t is str:
+        s = v
+    elif t is int:
+        return str(v)  # digits and a sign: never quoted
+    elif isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, float):
+    elif isinstance(v, float):
         return f"{v:.3f}"
-    s = str(v)
-    return s if _BARE.match(s) else json.dumps(s, ensure_ascii=False)
+    else:
+        s = str(v)
+    # encode_basestring is what json.dumps(s, ensure_ascii=False) calls, without the
+    # encoder object that json.dumps builds for every call.
+    return s if _BARE.match(s) else encode_basestring(s)
 
 
 def format_event(event: str, **fields: Any) -> str:
@@ -106,6 +116,13 @@ def format_human(event: str, **fields: Any) -> str:
     return _file_and_terminal_lines(now_iso(), event, fields)[1]
 
 
+def _file_line(ts: str, event: str, fields: dict[str, Any]) -> str:
+    """The log-file line of one event (no terminal line: the busy worker's path)."""
+    parts = [f"ts={ts} event={event}"]
+    parts += [f"{k}={_value(v)}" for k, v in fields.items() if v is not None]
+    return " ".join(parts)
+
+
 def _file_and_terminal_lines(
     ts: str, event: str, fields: dict[str, Any], terminal: bool = True
 ) -> tuple[str, str]:
@@ -113,6 +130,8 @@ def _file_and_terminal_lines(
 
     Each value is formatted once for both.
     """
+    if not terminal:
+        return _file_line(ts, event, fields), ""
     pairs = [(k, _value(v)) for k, v in fields.items() if v is not None]
     line = " ".join([f"ts={ts}", f"event={event}"] + [f"{k}={v}" for k, v in pairs])
     if not terminal:
