@@ -1,10 +1,10 @@
 """The worker's own CPU per task, without a broker: `Worker._handle` and its log lines.
 
-    python -m bench.hotpath [--tasks 50000] [--reps 5] [--profile]
+    python -m bench.hotpath [--tasks 50000] [--reps 5] [--batch 1] [--profile]
 
 Runs the worker's per-delivery code (decode, the two log lines, decide, settle, the write to
 the log file) on zero-dot tasks as emit publishes them, with a stand-in consumer whose ack
-does nothing. What pika costs is left out: it is the same for the bare consumer, and
+does nothing (--batch 10: as if pika had read ten deliveries at a time, as at prefetch 10). What pika costs is left out: it is the same for the bare consumer, and
 bench/gap.py measures the two together. Prints microseconds of CPU per task (median and
 range of the repetitions), and with --profile the functions called per task.
 """
@@ -38,7 +38,11 @@ class _Method:
 class StandInConsumer:
     """A consumer whose ack, nack, reject and cancel do nothing."""
 
-    def ack(self, tag: int) -> None:
+    def __init__(self, buffered: int) -> None:
+        #: Deliveries pika has read but the worker has not taken: only its length counts.
+        self.deliveries = [None] * buffered
+
+    def ack(self, tag: int, multiple: bool = False) -> None:
         """Nothing: the broker's part is not measured here."""
 
     def nack(self, tag: int) -> None:
@@ -61,18 +65,22 @@ def deliveries(n: int) -> list[tuple[Any, Any, bytes]]:
     return out
 
 
-def one_rep(tmp: Path, n: int, profile: cProfile.Profile | None = None) -> float:
-    """CPU seconds per task over n tasks, with a fresh worker and log file."""
+def one_rep(tmp: Path, n: int, batch: int, profile: cProfile.Profile | None = None) -> float:
+    """CPU seconds per task over n tasks, with a fresh worker and log file.
+
+    `batch`: how many deliveries pika hands over at once (up to the prefetch).
+    """
     log = EventLog(tmp / f"worker-{time.monotonic_ns()}.log", echo=False, human=True)
     settings = Settings(queue="bench", queue_type="classic", log_dir=tmp)
-    worker = Worker(settings, WorkerOptions(name="host-12345"), DotSleep(0), log)
-    consumer: Any = StandInConsumer()
-    batch = deliveries(n)
+    worker = Worker(settings, WorkerOptions(name="host-12345", prefetch=batch), DotSleep(0), log)
+    # What is still buffered behind each delivery, as the worker sees it.
+    behind = [StandInConsumer(batch - 1 - i % batch) for i in range(n)]
+    todo: list[tuple[Any, Any]] = list(zip(behind, deliveries(n), strict=True))
     handle = worker._handle
     if profile:
         profile.enable()
     began = time.process_time()
-    for d in batch:
+    for consumer, d in todo:
         handle(consumer, d)
     spent = time.process_time() - began
     if profile:
@@ -86,19 +94,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tasks", type=int, default=50_000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1, help="deliveries at once (<= prefetch)")
     ap.add_argument("--profile", action="store_true", help="also print calls per task")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hotpath-") as tmpdir:
         tmp = Path(tmpdir)
-        one_rep(tmp, 1000)  # warm up
-        us = [one_rep(tmp, a.tasks) * 1e6 for _ in range(a.reps)]
+        one_rep(tmp, 1000, a.batch)  # warm up
+        us = [one_rep(tmp, a.tasks, a.batch) * 1e6 for _ in range(a.reps)]
         print(
             f"Worker._handle: {statistics.median(us):.1f} us/task "
-            f"({min(us):.1f}-{max(us):.1f}) over {a.reps} x {a.tasks:,} zero-dot tasks"
+            f"({min(us):.1f}-{max(us):.1f}) over {a.reps} x {a.tasks:,} zero-dot tasks, "
+            f"{a.batch} at a time"
         )
         if a.profile:
             prof = cProfile.Profile()
-            one_rep(tmp, a.tasks, prof)
+            one_rep(tmp, a.tasks, a.batch, prof)
             stats = pstats.Stats(prof)
             total = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
             print(f"{total / a.tasks:.1f} calls per task; by own time:")

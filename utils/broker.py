@@ -476,10 +476,10 @@ class Channel:
                 return _lost(reason)
         return _lost(exc) if exc is not None else ConnectionLost("the channel was closed")
 
-    def ack(self, tag: int) -> None:
-        """Acknowledge one delivery: the broker forgets the message."""
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
         try:
-            self._channel.basic_ack(tag)
+            self._channel.basic_ack(tag, multiple=multiple)
         except _LOST_ERRORS as exc:
             raise self._lost_error(exc) from None
 

@@ -178,6 +178,7 @@ class Worker:
         stop = self._stop
         while True:
             if stop.stage:
+                self._settler.send_acks(consumer)  # a warm stop mid-batch: acks first
                 stop.announce(None)
             if self._should_exit():
                 break
@@ -193,6 +194,7 @@ class Worker:
                     return
                 limit = left if left < TICK else None
             consumer.pump(limit)
+        self._settler.send_acks(consumer)  # none wait by now; were one to, it goes before close
         if self._stop.stage == 2:
             self.tally.stop = "cold stop"
         elif self._stop.stage == 1:
@@ -206,9 +208,11 @@ class Worker:
         method, properties, body = delivery
         name = self.opts.name
         max_attempts = self.opts.max_attempts
+        settler = self._settler
         try:
             task = Task.decode(properties, body)
         except DecodeError as exc:
+            settler.send_acks(consumer)  # the acks that wait go before any other line
             tid, row, run = delivery_ids(properties, body)
             ids: dict[str, Any] = {"task": tid, "row": row, "run": run}
             self.log.event("failed", worker=name, **ids, reason=f"poison message: {exc}")
@@ -223,6 +227,8 @@ class Worker:
         # A task that takes no time has its two lines written once its ack is sent (see
         # EventLog.defer); any other line, ack_lost included, writes them first, in order.
         instant = self._instant is not None and self._instant(task)
+        if not instant or redelivered:
+            settler.send_acks(consumer)  # this task logs now: the acks that wait go first
         emit = log.defer if instant else log.event
         emit(
             "started",
@@ -279,5 +285,9 @@ class Worker:
             )
         decision = decide(outcome, task.attempt, self.queue_type, max_attempts, detail)
         # After this one, is it the last? Then the consumer is cancelled before the ack.
-        self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
-        log.flush()
+        # An instant task with another delivery behind it leaves its ack (and its lines)
+        # to the next: with prefetch > 1, one ack and one write per batch, as pika read it.
+        later = instant and bool(consumer.deliveries)
+        settler.settle(decision, consumer, delivery, ids, self._should_exit(True), later)
+        if not settler.acks_waiting:
+            log.flush()
