@@ -45,9 +45,9 @@ def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):
     return procs
 
 
-def test_three_workers_share_the_tasks_and_each_is_done_exactly_once(env, logs, tmp_path):
-    procs = start_workers(env, logs, tmp_path, 3, "--seconds-per-dot", "0.01")
-    assert run("emit", "tasks.csv", env=env).returncode == 0
+def test_three_workers_share_the_tasks_and_each_is_done_exactly_once(work_env, logs, tmp_path):
+    procs = start_workers(work_env, logs, tmp_path, 3, "--seconds-per-dot", "0.01")
+    assert run("emit", "tasks.csv", env=work_env).returncode == 0
     stop_when_done(procs, logs, 20)
     summary = summarise_run(latest_run(read_logs(logs)))
     assert summary.audit.missing == [] and summary.audit.duplicates == []
@@ -226,7 +226,7 @@ class AckSpy:
         self.early: list[str] = []  # tasks logged done before their ack
         self.first_batch = first_batch
         real_deliver = broker.Consumer._on_delivery
-        real_ack = broker.Channel.ack
+        real_ack = broker.Consumer.ack
         real_pump = broker.Consumer.pump
         spy = self
 
@@ -254,18 +254,20 @@ class AckSpy:
             real_pump(consumer, seconds)
 
         monkeypatch.setattr(broker.Consumer, "_on_delivery", on_delivery)
-        monkeypatch.setattr(broker.Channel, "ack", ack)
+        monkeypatch.setattr(broker.Consumer, "ack", ack)
         monkeypatch.setattr(broker.Consumer, "pump", pump)
 
 
 def batch_worker(broker_url: str, queue: str, logs: Path, **opts) -> tuple[Worker, EventLog]:
+    """A worker with prefetch 10 in this process; its tasks with dots take a millisecond each."""
     settings = Settings(urls=(broker_url,), queue=queue, log_dir=logs)
     log = EventLog(logs / "worker-b.log", echo=False)
     return Worker(settings, WorkerOptions(name="b", prefetch=10, **opts), DotSleep(0.001), log), log
 
 
+@pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])
 def test_at_prefetch_10_instant_tasks_share_an_ack_and_no_line_says_done_before_it(
-    broker_url, queue, logs, monkeypatch
+    broker_url, queue, logs, monkeypatch, fast_ack
 ):
     # The first ten: four instant tasks, a poison message, two instant, one with a dot (run
     # in the helper thread), two instant; then 30 instant tasks as they come.
@@ -273,7 +275,7 @@ def test_at_prefetch_10_instant_tasks_share_an_ack_and_no_line_says_done_before_
     bodies += [f"t{i}".encode() for i in range(30)]
     ids = publish_bodies(broker_url, queue, bodies)
     spy = AckSpy(monkeypatch, logs / "worker-b.log", first_batch=10)
-    worker, log = batch_worker(broker_url, queue, logs, max_tasks=len(bodies))
+    worker, log = batch_worker(broker_url, queue, logs, max_tasks=len(bodies), fast_ack=fast_ack)
     try:
         tally = worker.run()
     finally:
@@ -292,12 +294,13 @@ def test_at_prefetch_10_instant_tasks_share_an_ack_and_no_line_says_done_before_
     assert [b for _m, _p, b in drain(broker_url, f"{queue}.dead")] == [b"bad \xff"]
 
 
+@pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])
 def test_a_warm_stop_mid_batch_acks_what_is_done_and_gives_back_the_rest(
-    broker_url, queue, logs, monkeypatch
+    broker_url, queue, logs, monkeypatch, fast_ack
 ):
     ids = publish_bodies(broker_url, queue, [f"t{i}".encode() for i in range(20)])
     spy = AckSpy(monkeypatch, logs / "worker-b.log", first_batch=10)
-    worker, log = batch_worker(broker_url, queue, logs)
+    worker, log = batch_worker(broker_url, queue, logs, fast_ack=fast_ack)
     real_settle = worker._settler.settle
 
     def settle(decision, consumer, delivery, task_ids, last=False, later=False):
@@ -318,13 +321,14 @@ def test_a_warm_stop_mid_batch_acks_what_is_done_and_gives_back_the_rest(
     assert wait_for("17 tasks back", lambda: queue_counts(broker_url, queue) == (17, 0), WAIT)
 
 
+@pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])
 def test_acks_that_wait_when_the_connection_goes_are_each_logged_lost_and_remembered(
-    broker_url, queue, logs
+    broker_url, queue, logs, fast_ack
 ):
     ids = publish_bodies(broker_url, queue, [b"a", b"b", b"c"])
     settings = Settings(urls=(broker_url,), queue=queue)
     conn, _url = broker.connect(settings, client_name="test")
-    consumer, _info = broker.consume(conn, settings, prefetch=10)
+    consumer, _info = broker.consume(conn, settings, prefetch=10, fast_ack=fast_ack)
     wait_for("3 deliveries", lambda: len(consumer.deliveries) >= 3 or consumer.pump(0.05))
     log = EventLog(logs / "worker-s.log", echo=False)
     settler = Settler(queue, "s", 3, log, WorkerTally())

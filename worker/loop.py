@@ -40,6 +40,7 @@ class WorkerOptions:
     heartbeat: int | None = None
     task_timeout: float | None = None
     max_attempts: int = 3
+    fast_ack: bool = True  # utils/fastack.py; False (WORK_FAST_ACK=0): basic_ack only
 
 
 class Worker:
@@ -134,7 +135,9 @@ class Worker:
         )
         self._node = url_host(url)
         try:
-            consumer, info = broker.consume(conn, self.settings, prefetch=self.opts.prefetch)
+            consumer, info = broker.consume(
+                conn, self.settings, prefetch=self.opts.prefetch, fast_ack=self.opts.fast_ack
+            )
         except TaskToolError:
             conn.close()
             raise
