@@ -117,9 +117,22 @@ def format_human(event: str, **fields: Any) -> str:
 
 
 def _file_line(ts: str, event: str, fields: dict[str, Any]) -> str:
-    """The log-file line of one event (no terminal line: the busy worker's path)."""
+    """The log-file line of one event (no terminal line: the busy worker's path).
+
+    _value inlined for str and int, most of a task's values: a call per value cost a
+    tenth of the line.
+    """
     parts = [f"ts={ts} event={event}"]
-    parts += [f"{k}={_value(v)}" for k, v in fields.items() if v is not None]
+    append = parts.append
+    bare = _BARE.match
+    for k, v in fields.items():
+        t = type(v)
+        if t is str:
+            append(f"{k}={v}" if bare(v) else f"{k}={encode_basestring(v)}")
+        elif t is int:
+            append(f"{k}={v}")
+        elif v is not None:
+            append(f"{k}={_value(v)}")
     return " ".join(parts)
 
 
