@@ -31,17 +31,18 @@ BACKUPS = 5
 #: (second, "YYYY-MM-DDTHH:MM:SS.") of the last time stamp: most lines share their second
 #: with the one before, and formatting a datetime cost more than the rest of the stamp.
 _second: tuple[int, str] = (-1, "")
+#: "000Z" to "999Z": the end of a stamp, looked up rather than formatted.
+_MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
 
 
 def now_iso() -> str:
     """The current UTC time, to the millisecond, as the logs write it."""
     global _second
-    ns = time.time_ns()
-    sec = ns // 1_000_000_000
+    sec, ms = divmod(time.time_ns() // 1_000_000, 1000)
     second = _second  # one read: another thread may replace it meanwhile
     if second[0] != sec:
         second = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)))
-    return f"{second[1]}{ns // 1_000_000 % 1000:03d}Z"
+    return second[1] + _MILLIS[ms]
 
 
 def parse_ts(value: str) -> datetime:
