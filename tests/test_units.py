@@ -53,6 +53,9 @@ def test_time_stamps_are_utc_to_the_millisecond_across_second_boundaries(monkeyp
 #: Log values of every kind _value takes a fast path for, and of the kinds it does not.
 AWKWARD_VALUES = [True, False, 0, -3, 1.5, float("nan"), "", "a b", 'x"y', "é ü", "ok\n", "a\tb"]
 AWKWARD_VALUES += ["\x00", Path("/a b"), b"x y", ("a", 1), "Task 1", "t=1", "run-7"]
+#: Not printable, yet bare (control characters that are not whitespace), and whitespace
+#: that is not ASCII: the regex decides these.
+AWKWARD_VALUES += ["\x01x", "\x7f", "a\u200bb", "a\xa0b", "a\u2028b", "\u3000", "é\x1cx"]
 
 
 @pytest.mark.parametrize("value", AWKWARD_VALUES)
@@ -68,6 +71,7 @@ def test_log_values_are_bare_or_json_strings_as_before(value):
         bare = text and not any(c.isspace() or c in '"=' for c in text)
         want = text if bare else json.dumps(text, ensure_ascii=False)
     assert logformat._value(value) == want
+    assert logformat._file_line("T", "e", {"k": value}) == f"ts=T event=e k={want}"
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,22 @@ def _value(v: Any) -> str:
         s = str(v)
     # encode_basestring is what json.dumps(s, ensure_ascii=False) calls, without the
     # encoder object that json.dumps builds for every call.
-    return s if _BARE.match(s) else encode_basestring(s)
+    return s if _is_bare(s) else encode_basestring(s)
+
+
+def _is_bare(s: str) -> bool:
+    """_BARE.match(s), in about half the instructions for the usual printable text.
+
+    A printable str holds no whitespace but the ASCII space, so three `in` tests settle it;
+    the regex (whose set-up alone is most of its cost) only sees the rest.
+    """
+    return (
+        bool(s)
+        and " " not in s
+        and '"' not in s
+        and "=" not in s
+        and (s.isprintable() or _BARE.match(s) is not None)
+    )
 
 
 def format_event(event: str, **fields: Any) -> str:
@@ -125,11 +140,15 @@ def _file_line(ts: str, event: str, fields: dict[str, Any]) -> str:
     """
     parts = [f"ts={ts} event={event}"]
     append = parts.append
-    bare = _BARE.match
     for k, v in fields.items():
         t = type(v)
         if t is str:
-            append(f"{k}={v}" if bare(v) else f"{k}={encode_basestring(v)}")
+            # _is_bare(v), inlined
+            bare = v and " " not in v and '"' not in v and "=" not in v
+            if bare and (v.isprintable() or _BARE.match(v)):
+                append(f"{k}={v}")
+            else:
+                append(f"{k}={encode_basestring(v)}")
         elif t is int:
             append(f"{k}={v}")
         elif v is not None:
