@@ -197,11 +197,12 @@ class EventLog:
         #: Echo a shorter, friendlier form to the terminal; the file keeps key=value lines.
         self.human = human
 
-    def defer(self, event: str, **fields: Any) -> None:
+    def defer(self, event: str, fields: dict[str, Any]) -> None:
         """Stamp an event now but write it at the next flush() or event(), in order.
 
         A worker defers the lines of a task that takes no time until its ack is on the
         wire, so the write overlaps the broker's round trip instead of adding to it.
+        The fields come as a dict (kept, not copied): the worker builds one per line.
         """
         self._pending.append((event, fields, now_iso()))
 

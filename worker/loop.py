@@ -226,22 +226,29 @@ class Worker:
         if redelivered:
             self.tally.redelivered += 1
         log = self.log
-        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
+        tid, row, run, dots, attempt = task.task_id, task.row, task.run_id, task.dots, task.attempt
+        ids = {"task": tid, "row": row, "run": run}  # task.ids(), inline
         # A task that takes no time has its two lines written once its ack is sent (see
         # EventLog.defer); any other line, ack_lost included, writes them first, in order.
         instant = self._instant is not None and self._instant(task)
         if not instant or redelivered:
             settler.send_acks(consumer)  # this task logs now: the acks that wait go first
-        emit = log.defer if instant else log.event
-        emit(
-            "started",
-            worker=name,
-            **ids,
-            dots=task.dots,
-            attempt=task.attempt,
-            redelivered=redelivered,
-            body=shorten(task.body),
-        )
+        # Each line's fields as one dict display: keyword arguments merged with **ids
+        # built two dicts a line, a tenth of an instant task's cost.
+        started = {
+            "worker": name,
+            "task": tid,
+            "row": row,
+            "run": run,
+            "dots": dots,
+            "attempt": attempt,
+            "redelivered": redelivered,
+            "body": shorten(task.body),
+        }
+        if instant:
+            log.defer("started", started)
+        else:
+            log.event("started", **started)
         if redelivered and self._settler.finished_earlier(task.task_id):
             # We finished this very task, then lost its ack (e.g. the broker's
             # consumer_timeout closed the channel): ack the copy instead of running it again,
@@ -266,15 +273,20 @@ class Worker:
         self.tally.busy += seconds
         if outcome is DONE:
             self.tally.done += 1
-            emit(
-                "done",
-                worker=name,
-                **ids,
-                dots=task.dots,
-                seconds=seconds,
-                attempt=task.attempt,
-                output=detail.strip() or None,
-            )
+            done = {
+                "worker": name,
+                "task": tid,
+                "row": row,
+                "run": run,
+                "dots": dots,
+                "seconds": seconds,
+                "attempt": attempt,
+                "output": detail.strip() or None,
+            }
+            if instant:
+                log.defer("done", done)
+            else:
+                log.event("done", **done)
         elif outcome is FAILED:
             self.tally.failed += 1
             log.event(
