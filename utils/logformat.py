@@ -212,6 +212,12 @@ class EventLog:
             return
         pending, self._pending = self._pending, []
         friendly = self.echo and self.human
+        if not friendly:  # the terminal, if anywhere, gets the file's lines
+            text = "\n".join([_file_line(ts, event, fields) for event, fields, ts in pending])
+            self._write(text)
+            if self.echo:
+                print(text, file=sys.stderr, flush=True)
+            return
         lines = [
             _file_and_terminal_lines(ts, event, fields, friendly) for event, fields, ts in pending
         ]
