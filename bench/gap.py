@@ -1,16 +1,19 @@
 """`work` against the bare pika consumer, run by run: rate and CPU per task (bench/NOTES.md).
 
     python -m bench.gap [--tasks 5000] [--reps 5] [--prefetch 1 10] [--queue-type classic quorum]
+                        [--before DIR] [--work-args '--no-fast-ack']
 
-For each queue type and prefetch, every repetition fills two fresh queues with zero-dot tasks
-(by emit, confirmed), then drains one with bench/baseline_consume.py and the other with
-`work --seconds-per-dot 0 -q --max-tasks N`, in turn (the order swaps each repetition, so a
-burst of load elsewhere hits both alike). Rates are timed as `make bench` times them: ours
-from the first `started` line to the last `done` line, the baseline from its first delivery
-to its last ack. CPU per task: the worker's own CPU seconds from its `worker_ready` line to
-its exit (from /proc and rusage), and the baseline's process time from its first delivery
-to its last ack, each divided by the tasks. On a shared machine the CPU figures vary far
-less than the rates. The broker is AMQP_URL, or the local node on BROKER_PORT.
+For each queue type and prefetch, every repetition fills a fresh queue of zero-dot tasks (by
+emit, confirmed) for each arm, and drains it: with bench/baseline_consume.py (bare), with
+`work --seconds-per-dot 0 -q --max-tasks N` (work), and with --before, with `work` from
+another source tree (before). The arms take turns going first, so that a burst of load
+elsewhere hits them alike; the ratios are each repetition's rate over the bare consumer's.
+Rates are timed as `make bench` times them: ours from the first `started` line to the last
+`done` line, the baseline from its first delivery to its last ack. CPU per task: the
+worker's own CPU seconds from its `worker_ready` line to its exit (from /proc and rusage:
+its exit, some 30-45 ms, is in it), and the baseline's process time from its first
+delivery to its last ack, each divided by the tasks. On a shared machine the CPU figures
+vary far less than the rates. The broker is AMQP_URL, or the local node on BROKER_PORT.
 """
 
 from __future__ import annotations
@@ -49,13 +52,17 @@ def baseline(env: dict[str, str], url: str, queue: str, tasks: int, prefetch: in
     }
 
 
-def ours(env: dict[str, str], tmp: Path, queue: str, tasks: int, prefetch: int) -> dict:
+def ours(
+    env: dict[str, str], tmp: Path, queue: str, tasks: int, prefetch: int, extra: list[str]
+) -> dict:
     """`work` until --max-tasks: tasks per second from its log, CPU microseconds per task."""
     logs = tmp / f"{queue}-logs"
     log = logs / "worker-w1.log"
     argv = [str(BIN / "work"), "--name", "w1", "--queue", queue, "-q", "--log-dir", str(logs)]
     argv += ["--seconds-per-dot", "0", "--prefetch", str(prefetch), "--max-tasks", str(tasks)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*argv, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     cpu0 = None
     deadline = time.monotonic() + 60
     while cpu0 is None:
@@ -86,11 +93,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--prefetch", type=int, nargs="+", default=[1, 10])
     ap.add_argument("--queue-type", nargs="+", default=["classic", "quorum"])
+    ap.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also run `work` from this source tree (e.g. `git archive REV | tar -x -C DIR`)",
+    )
+    ap.add_argument("--work-args", default="", help="extra options for work, e.g. '--no-fast-ack'")
     ap.add_argument("--json", type=Path, help="also write every run here")
     a = ap.parse_args()
     port = os.environ.get("BROKER_PORT", "5672")
     url = os.environ.get("AMQP_URL") or f"amqp://guest:guest@localhost:{port}/%2F"
     env = dict(os.environ, AMQP_URL=url, PYTHONUNBUFFERED="1")
+    # Each arm: a name, and the environment its `work` runs in (None: the bare consumer).
+    arms: list[tuple[str, dict[str, str] | None]] = [("bare", None), ("work", env)]
+    if a.before:
+        arms.append(("before", dict(env, PYTHONPATH=str(a.before.resolve()))))
+    extra = a.work_args.split()
     admin = Admin(url)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="gap-") as tmpdir:
@@ -101,44 +120,46 @@ def main() -> None:
                 rows = []
                 for rep in range(a.reps):
                     n += 1
-                    qb, qo = f"gap-base-{n}", f"gap-ours-{n}"
-                    fill(env, tmp, qb, a.tasks, kind)
-                    fill(env, tmp, qo, a.tasks, kind)
-                    first_ours = rep % 2 == 1
                     load = os.getloadavg()[0]
-                    if first_ours:
-                        o = ours(env, tmp, qo, a.tasks, prefetch)
-                        b = baseline(env, url, qb, a.tasks, prefetch)
-                    else:
-                        b = baseline(env, url, qb, a.tasks, prefetch)
-                        o = ours(env, tmp, qo, a.tasks, prefetch)
-                    admin.delete(qb)
-                    admin.delete(qo)
-                    row = {
-                        "queue_type": kind,
-                        "prefetch": prefetch,
-                        "rep": rep + 1,
-                        "load": load,
-                        "base": b,
-                        "ours": o,
-                        "ratio": o["rate"] / b["rate"],
-                    }
+                    row: dict = {"queue_type": kind, "prefetch": prefetch, "rep": rep + 1}
+                    # The order turns each repetition, so that no arm always goes first.
+                    turn = rep % len(arms)
+                    for name, arm_env in arms[turn:] + arms[:turn]:
+                        q = f"gap-{name}-{n}"
+                        fill(env, tmp, q, a.tasks, kind)
+                        if arm_env is None:
+                            row[name] = baseline(env, url, q, a.tasks, prefetch)
+                        else:
+                            more = extra if name == "work" else []
+                            row[name] = ours(arm_env, tmp, q, a.tasks, prefetch, more)
+                        admin.delete(q)
+                    row["load"] = load
+                    for name, _env in arms[1:]:
+                        row[f"{name}_ratio"] = row[name]["rate"] / row["bare"]["rate"]
                     rows.append(row)
                     runs.append(row)
                     print(
                         f"{kind:7} prefetch {prefetch:2} rep {rep + 1}: "
-                        f"bare {b['rate']:7,.0f}/s {b['cpu_us']:5.0f} us/task | "
-                        f"work {o['rate']:7,.0f}/s {o['cpu_us']:5.0f} us/task | "
-                        f"{row['ratio']:.2f}x  (load {load:.1f})",
+                        + " | ".join(
+                            f"{name} {row[name]['rate']:7,.0f}/s {row[name]['cpu_us']:4.0f} us"
+                            + (f" {row[f'{name}_ratio']:.2f}x" if name != "bare" else "")
+                            for name, _env in arms
+                        )
+                        + f"  (load {load:.1f})",
                         flush=True,
                     )
                 print(
-                    f"== {kind} prefetch {prefetch}: ratio "
-                    f"{summary([r['ratio'] for r in rows], '{:.2f}')}x; "
-                    f"bare {summary([r['base']['rate'] for r in rows])}/s, "
-                    f"{summary([r['base']['cpu_us'] for r in rows])} us/task; "
-                    f"work {summary([r['ours']['rate'] for r in rows])}/s, "
-                    f"{summary([r['ours']['cpu_us'] for r in rows])} us/task",
+                    f"== {kind} prefetch {prefetch}: "
+                    + "; ".join(
+                        f"{name} {summary([r[name]['rate'] for r in rows])}/s, "
+                        f"{summary([r[name]['cpu_us'] for r in rows])} us/task"
+                        + (
+                            f", {summary([r[f'{name}_ratio'] for r in rows], '{:.2f}')}x"
+                            if name != "bare"
+                            else ""
+                        )
+                        for name, _env in arms
+                    ),
                     flush=True,
                 )
     admin.close()
