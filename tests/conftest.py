@@ -167,3 +167,9 @@ def make_node() -> Iterator[object]:
 def emit_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
     """`env`, once with emit's fast path (emitter/fastpath.py) and once with EMIT_FAST_PATH=0."""
     return {**env, "EMIT_FAST_PATH": "1" if request.param == "fast" else "0"}
+
+
+@pytest.fixture(params=["fast", "plain"])
+def work_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
+    """`env`, once with the worker's fast ack (utils/fastack.py) and once with WORK_FAST_ACK=0."""
+    return {**env, "WORK_FAST_ACK": "1" if request.param == "fast" else "0"}

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
 import pytest
 
+from utils import logformat
 from utils.logformat import format_event, parse_line
 
 
@@ -20,3 +26,46 @@ def test_log_lines_round_trip_with_awkward_values():
 )
 def test_garbled_log_lines_are_rejected_not_crashed_on(line):
     assert parse_line(line) is None
+
+
+def test_time_stamps_are_utc_to_the_millisecond_across_second_boundaries(monkeypatch):
+    # now_iso keeps the formatted second between calls: stamps on both sides of a second
+    # (and of a day) must read as datetime would write them.
+    instants = [
+        1_800_000_000_999_999_999,
+        1_800_000_001_000_000_000,
+        1_800_000_001_000_999_999,
+        1_800_000_001_123_456_789,
+        1_800_057_599_999_000_000,
+        1_800_057_600_001_000_000,
+        1_800_000_000_500_000_000,  # the clock stepped back
+    ]
+    for ns in instants:
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
+        want = datetime.fromtimestamp(ns // 1000 / 1e6, timezone.utc)
+        want_text = want.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert logformat.now_iso() == want_text
+
+
+#: Log values of every kind _value takes a fast path for, and of the kinds it does not.
+AWKWARD_VALUES = [True, False, 0, -3, 1.5, float("nan"), "", "a b", 'x"y', "é ü", "ok\n", "a\tb"]
+AWKWARD_VALUES += ["\x00", Path("/a b"), b"x y", ("a", 1), "Task 1", "t=1", "run-7"]
+#: Not printable, yet bare (control characters that are not whitespace), and whitespace
+#: that is not ASCII: the regex decides these.
+AWKWARD_VALUES += ["\x01x", "\x7f", "a\u200bb", "a\xa0b", "a\u2028b", "\u3000", "é\x1cx"]
+
+
+@pytest.mark.parametrize("value", AWKWARD_VALUES)
+def test_log_values_are_bare_or_json_strings_as_before(value):
+    # The fast paths in _value (exact types, encode_basestring) write what the plain rule
+    # says: bool and float by their own forms, else str(value), quoted as JSON if it must be.
+    if isinstance(value, bool):
+        want = "true" if value else "false"
+    elif isinstance(value, float):
+        want = f"{value:.3f}"
+    else:
+        text = str(value)
+        bare = text and not any(c.isspace() or c in '"=' for c in text)
+        want = text if bare else json.dumps(text, ensure_ascii=False)
+    assert logformat._value(value) == want
+    assert logformat._file_line("T", "e", {"k": value}) == f"ts=T event=e k={want}"

@@ -14,7 +14,9 @@ import utils.logformat as logformat
 from inspector.analysis import summarise_run, worker_rows
 from inspector.runs import latest_run, read_logs
 from tests.helpers import (
+    WAIT,
     done_rows,
+    drain,
     events,
     no_traceback,
     queue_counts,
@@ -25,7 +27,14 @@ from tests.helpers import (
     wait_for,
     wait_for_event,
 )
+from utils import broker
+from utils.errors import ConnectionLost
 from utils.logformat import EventLog, format_human, parse_line
+from utils.settings import Settings
+from utils.task import Task
+from worker.handlers import DotSleep
+from worker.loop import Worker, WorkerOptions
+from worker.settle import Outcome, Settler, WorkerTally, decide
 
 
 def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):
@@ -38,9 +47,9 @@ def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):
     return procs
 
 
-def test_three_workers_share_the_tasks_and_each_is_done_exactly_once(env, logs, tmp_path):
-    procs = start_workers(env, logs, tmp_path, 3, "--seconds-per-dot", "0.01")
-    assert run("emit", "tasks.csv", env=env).returncode == 0
+def test_three_workers_share_the_tasks_and_each_is_done_exactly_once(work_env, logs, tmp_path):
+    procs = start_workers(work_env, logs, tmp_path, 3, "--seconds-per-dot", "0.01")
+    assert run("emit", "tasks.csv", env=work_env).returncode == 0
     stop_when_done(procs, logs, 20)
     summary = summarise_run(latest_run(read_logs(logs)))
     assert summary.audit.missing == [] and summary.audit.duplicates == []
@@ -186,6 +195,159 @@ def test_tutorial_scripts_and_ours_share_a_classic_queue(env, broker_url, queue,
     timer.cancel()
     conn.close()
     assert got == [b"Hello from emit."]
+
+
+# -- prefetch > 1: one ack per batch of instant tasks, the worker in this process -------------
+def publish_bodies(url: str, queue: str, bodies: list[bytes]) -> list[str]:
+    """Publish each body as emit would (row i+1 of run 'batch'); their task ids, in order."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    ids = []
+    for row, body in enumerate(bodies, start=1):
+        task = Task.from_row(body.decode("utf-8", "replace"), row, "batch", "t.csv")
+        ch.basic_publish("", queue, body, task.properties())
+        ids.append(task.task_id)
+    conn.close()
+    return ids
+
+
+class AckSpy:
+    """Watches the real consumer's acks (and the deliveries) of a worker in this process.
+
+    At every ack it notes the tasks whose `done` line is in the log file before the ack
+    that covers them was sent (`early`): a task that takes no time must not be one. `first_batch` makes the worker's first pump wait until that
+    many deliveries are buffered, so that the first batch is the same on every run.
+    """
+
+    def __init__(self, monkeypatch, log: Path, first_batch: int) -> None:
+        self.log = log
+        self.task_of: dict[int, str] = {}  # delivery tag -> task id
+        self.acked: list[int] = []  # tags, in the order the broker was told
+        self.calls: list[tuple[int, bool]] = []  # (tag, multiple) of each ack
+        self.early: list[str] = []  # tasks logged done before their ack
+        self.first_batch = first_batch
+        real_deliver = broker.Consumer._on_delivery
+        real_ack = broker.Consumer.ack
+        real_pump = broker.Consumer.pump
+        spy = self
+
+        def on_delivery(consumer, channel, method, properties, body):
+            spy.task_of[method.delivery_tag] = properties.message_id
+            real_deliver(consumer, channel, method, properties, body)
+
+        def ack(channel, tag, multiple=False):
+            done = {e["task"] for e in events(spy.log) if e["event"] == "done"}
+            sent = {spy.task_of[t] for t in spy.acked}
+            spy.early += sorted(done - sent)
+            real_ack(channel, tag, multiple)
+            spy.calls.append((tag, multiple))
+            covered = [t for t in spy.task_of if t <= tag and t not in spy.acked]
+            spy.acked += covered if multiple else [tag]
+
+        def pump(consumer, seconds=None):
+            if spy.first_batch:
+                n, spy.first_batch = spy.first_batch, 0
+                wait_for(
+                    f"{n} deliveries buffered",
+                    lambda: len(consumer.deliveries) >= n or real_pump(consumer, 0.05),
+                )
+                return
+            real_pump(consumer, seconds)
+
+        monkeypatch.setattr(broker.Consumer, "_on_delivery", on_delivery)
+        monkeypatch.setattr(broker.Consumer, "ack", ack)
+        monkeypatch.setattr(broker.Consumer, "pump", pump)
+
+
+def batch_worker(broker_url: str, queue: str, logs: Path, **opts) -> tuple[Worker, EventLog]:
+    """A worker with prefetch 10 in this process; its tasks with dots take a millisecond each."""
+    settings = Settings(urls=(broker_url,), queue=queue, log_dir=logs)
+    log = EventLog(logs / "worker-b.log", echo=False)
+    return Worker(settings, WorkerOptions(name="b", prefetch=10, **opts), DotSleep(0.001), log), log
+
+
+@pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])
+def test_at_prefetch_10_instant_tasks_share_an_ack_and_no_line_says_done_before_it(
+    broker_url, queue, logs, monkeypatch, fast_ack
+):
+    # The first ten: four instant tasks, a poison message, two instant, one with a dot (run
+    # in the helper thread), two instant; then 30 instant tasks as they come.
+    bodies = [b"a", b"b", b"c", b"d", b"bad \xff", b"f", b"g", b"h.", b"i", b"j"]
+    bodies += [f"t{i}".encode() for i in range(30)]
+    ids = publish_bodies(broker_url, queue, bodies)
+    spy = AckSpy(monkeypatch, logs / "worker-b.log", first_batch=10)
+    worker, log = batch_worker(broker_url, queue, logs, max_tasks=len(bodies), fast_ack=fast_ack)
+    try:
+        tally = worker.run()
+    finally:
+        log.close()
+    assert (tally.done, tally.dead_lettered, tally.failed) == (39, 1, 0)
+    # The first batch: the acks that wait go out before the poison message's and the dotted
+    # task's lines (and their own acks), and the last two instant tasks share one.
+    assert spy.calls[:5] == [(4, True), (5, False), (7, True), (8, False), (10, True)]
+    assert spy.early == [ids[7]]  # only the dotted task: real work logs done, then acks
+    assert sorted(spy.acked) == sorted(spy.task_of) == list(range(1, 41))  # each once
+    evs = events(logs / "worker-b.log")
+    done = [e["task"] for e in evs if e["event"] == "done"]
+    assert sorted(done) == sorted(ids[:4] + ids[5:])
+    assert [e["task"] for e in evs if e["event"] == "dead_lettered"] == [ids[4]]
+    assert queue_counts(broker_url, queue) == (0, 0)
+    assert [b for _m, _p, b in drain(broker_url, f"{queue}.dead")] == [b"bad \xff"]
+
+
+@pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])
+def test_a_warm_stop_mid_batch_acks_what_is_done_and_gives_back_the_rest(
+    broker_url, queue, logs, monkeypatch, fast_ack
+):
+    ids = publish_bodies(broker_url, queue, [f"t{i}".encode() for i in range(20)])
+    spy = AckSpy(monkeypatch, logs / "worker-b.log", first_batch=10)
+    worker, log = batch_worker(broker_url, queue, logs, fast_ack=fast_ack)
+    real_settle = worker._settler.settle
+
+    def settle(decision, consumer, delivery, task_ids, last=False, later=False):
+        real_settle(decision, consumer, delivery, task_ids, last, later)
+        if delivery[0].delivery_tag == 3:
+            worker.request_stop()  # as SIGTERM would, while tasks 1-3 wait for their ack
+
+    monkeypatch.setattr(worker._settler, "settle", settle)
+    try:
+        tally = worker.run()
+    finally:
+        log.close()
+    assert tally.done == 3 and tally.stop == "warm stop"
+    assert spy.calls == [(3, True)] and spy.early == []
+    evs = [(e["event"], e.get("task")) for e in events(logs / "worker-b.log")]
+    assert [t for ev, t in evs if ev == "done"] == ids[:3]
+    assert evs.index(("shutdown_warm", None)) > evs.index(("done", ids[2]))
+    assert wait_for("17 tasks back", lambda: queue_counts(broker_url, queue) == (17, 0), WAIT)
+
+
+@pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])
+def test_acks_that_wait_when_the_connection_goes_are_each_logged_lost_and_remembered(
+    broker_url, queue, logs, fast_ack
+):
+    ids = publish_bodies(broker_url, queue, [b"a", b"b", b"c"])
+    settings = Settings(urls=(broker_url,), queue=queue)
+    conn, _url = broker.connect(settings, client_name="test")
+    consumer, _info = broker.consume(conn, settings, prefetch=10, fast_ack=fast_ack)
+    wait_for("3 deliveries", lambda: len(consumer.deliveries) >= 3 or consumer.pump(0.05))
+    log = EventLog(logs / "worker-s.log", echo=False)
+    settler = Settler(queue, "s", 3, log, WorkerTally())
+    done = decide(Outcome.DONE, 1, "quorum", 3)
+    first, second, third = (consumer.deliveries.popleft() for _ in range(3))
+    settler.settle(done, consumer, first, {"task": ids[0]}, later=True)
+    settler.settle(done, consumer, second, {"task": ids[1]}, later=True)
+    assert settler.acks_waiting and settler.settled == 2
+    conn.close()  # gone before the ack that would have covered all three
+    with pytest.raises(ConnectionLost):
+        settler.settle(done, consumer, third, {"task": ids[2]})
+    log.close()
+    assert [e["task"] for e in events(logs / "worker-s.log") if e["event"] == "ack_lost"] == ids
+    assert settler.settled == 0 and not settler.acks_waiting
+    # Should the broker hand them to this worker again, it acks them without running them.
+    assert all(settler.finished_earlier(tid) for tid in ids)
+    assert wait_for("all 3 back", lambda: queue_counts(broker_url, queue) == (3, 0))
 
 
 # -- the worker's log file and terminal lines (no broker) -------------------------------------

@@ -58,10 +58,10 @@ def test_broker_restart_mid_run_three_workers_reconnect_and_every_task_is_done(
 
 
 def test_connection_closed_by_the_broker_mid_task_is_said_plainly_and_the_task_gets_done(
-    make_node, env, logs, tmp_path
+    make_node, work_env, logs, tmp_path
 ):
     node = make_node()
-    env = {**env, "AMQP_URL": node.url}
+    env = {**work_env, "AMQP_URL": node.url}
     # The task runs until the test lets it finish, so the close surely comes mid-task
     # however long rabbitmqctl takes to start on a busy machine.
     go = tmp_path / "go"

@@ -36,6 +36,7 @@ from utils.errors import (
     QueueMismatch,
     TaskToolError,
 )
+from utils.fastack import open_fast_ack
 from utils.settings import Settings, TlsFiles, mask_url, url_host, url_vhost
 from utils.task import copy_properties
 
@@ -613,10 +614,10 @@ class Channel:
                 return _lost(reason)
         return _lost(exc) if exc is not None else ConnectionLost("the channel was closed")
 
-    def ack(self, tag: int) -> None:
-        """Acknowledge one delivery: the broker forgets the message."""
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
         try:
-            self._channel.basic_ack(tag)
+            self._channel.basic_ack(tag, multiple=multiple)
         except _LOST_ERRORS as exc:
             raise self._lost_error(exc) from None
 
@@ -664,7 +665,11 @@ class Consumer(Channel):
     """
 
     def __init__(
-        self, connection: pika.BlockingConnection, channel: BlockingChannel, queue: str
+        self,
+        connection: pika.BlockingConnection,
+        channel: BlockingChannel,
+        queue: str,
+        fast_ack: bool = False,
     ) -> None:
         super().__init__(connection, channel)
         self.queue = queue
@@ -672,6 +677,19 @@ class Consumer(Channel):
         self._tag: str | None = None
         self._cancelled_by_broker = False
         self._dropped = False
+        #: Acks written to the socket directly (utils/fastack.py), or None: basic_ack only.
+        self._fast = open_fast_ack(connection, channel) if fast_ack else None
+
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
+        fast = self._fast
+        if fast is not None:
+            try:
+                if fast.ack(tag, multiple):
+                    return
+            except _LOST_ERRORS as exc:
+                raise self._lost_error(exc) from None
+        super().ack(tag, multiple)
 
     def _start(self, prefetch: int) -> None:
         self._channel.basic_qos(prefetch_count=prefetch)
@@ -757,11 +775,18 @@ class Consumer(Channel):
 
 
 def consume(
-    connection: pika.BlockingConnection, settings: Settings, *, prefetch: int
+    connection: pika.BlockingConnection,
+    settings: Settings,
+    *,
+    prefetch: int,
+    fast_ack: bool = False,
 ) -> tuple[Consumer, QueueInfo]:
-    """Declare the work queue (see declare_queue) and consume it with this prefetch."""
+    """Declare the work queue (see declare_queue) and consume it with this prefetch.
+
+    `fast_ack`: write acks to the socket directly where it can (utils/fastack.py).
+    """
     channel, info = declare_queue(connection, settings)
-    consumer = Consumer(connection, channel, settings.queue)
+    consumer = Consumer(connection, channel, settings.queue, fast_ack)
     try:
         consumer._start(prefetch)
     except px.ChannelClosedByBroker as exc:

@@ -199,6 +199,14 @@ class Settler:
         #: The consumer on whose connection we last made sure the dead-letter queue exists
         #: (it may have gone with a broker that restarted).
         self._dead_declared_on: broker.Consumer | None = None
+        #: (tag, ids) of finished tasks whose ack waits for the next one (see settle's
+        #: `later`), oldest first.
+        self._unsent: list[tuple[int, dict[str, Any]]] = []
+
+    @property
+    def acks_waiting(self) -> bool:
+        """True while finished tasks wait for their ack (their deferred lines must wait too)."""
+        return bool(self._unsent)
 
     def finished_earlier(self, task_id: str) -> bool:
         """True, once, for a task this worker finished but whose ack was lost."""
@@ -224,16 +232,26 @@ class Settler:
         delivery: broker.Delivery,
         ids: dict[str, Any],
         last: bool = False,
+        later: bool = False,
     ) -> None:
         """Do what the decision says with one delivery.
 
         `last`: the worker takes no task after this one, so stop the consumer first.
+        `later`: the caller has the next delivery in hand already, so an ack may wait for
+        it: the next ack then covers both (multiple), or send_acks() sends it. With
+        prefetch > 1 that is one ack, and one socket write, per batch of deliveries.
         Raises ConnectionLost (or PublishRefused) when the broker goes meanwhile; the
         broker then redelivers the message.
         """
         method, properties, body = delivery
         tag = method.delivery_tag
         action = decision.action
+        if action is ACK and later and not last:
+            self._unsent.append((tag, ids))
+            self.settled += 1
+            return
+        if action is not ACK:
+            self.send_acks(consumer)  # before this message's lines, and in order
         if action is GIVE_BACK:
             try:
                 consumer.cancel()
@@ -259,20 +277,13 @@ class Settler:
             if action is RETRY_REQUEUE:
                 consumer.nack(tag)
             else:
-                consumer.ack(tag)
+                # Acks waiting (all for earlier tags) go with this one: every delivery
+                # before it is then settled, so `multiple` acks exactly those.
+                consumer.ack(tag, multiple=bool(self._unsent))
         except ConnectionLost:
-            tid = ids.get("task")
-            if decision.done and tid is not None:
-                self._done_unacked[tid] = None
-                while len(self._done_unacked) > DONE_UNACKED_MAX:
-                    del self._done_unacked[next(iter(self._done_unacked))]
-            self.log.event(
-                "ack_lost",
-                worker=self.worker,
-                **ids,
-                note=f"ack lost; the broker will redeliver task {tid}",
-            )
+            self._acks_lost(decision.done, ids)
             raise
+        self._unsent.clear()
         self.settled += 1
         if action is DEAD_LETTER:
             self.tally.dead_lettered += 1
@@ -284,6 +295,38 @@ class Settler:
                 reason=shorten(decision.reason, 300),
                 note=f"moved to {self.dead_queue}; 'tasks dead' lists it, "
                 "'tasks dead --requeue' retries it",
+            )
+
+    def send_acks(self, consumer: broker.Consumer) -> None:
+        """Send the acks that wait (see settle's `later`), then write their deferred lines."""
+        if not self._unsent:
+            return
+        try:
+            consumer.ack(self._unsent[-1][0], multiple=True)
+        except ConnectionLost:
+            self._acks_lost(False, None)
+            raise
+        self._unsent.clear()
+        self.log.flush()
+
+    def _acks_lost(self, done: bool, ids: dict[str, Any] | None) -> None:
+        """The acks that waited and (with ids) this one were lost: log each, remember them."""
+        lost = [(True, waiting) for _tag, waiting in self._unsent]
+        self.settled -= len(self._unsent)
+        self._unsent.clear()
+        if ids is not None:
+            lost.append((done, ids))
+        for task_done, task_ids in lost:
+            tid = task_ids.get("task")
+            if task_done and tid is not None:
+                self._done_unacked[tid] = None
+                while len(self._done_unacked) > DONE_UNACKED_MAX:
+                    del self._done_unacked[next(iter(self._done_unacked))]
+            self.log.event(
+                "ack_lost",
+                worker=self.worker,
+                **task_ids,
+                note=f"ack lost; the broker will redeliver task {tid}",
             )
 
     def _before_the_ack(
