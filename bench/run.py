@@ -110,8 +110,10 @@ class Admin:
         return last
 
     def delete(self, queue: str) -> None:
+        """Delete a queue, and the dead-letter queue emit and work declare with it."""
         ch = self.conn.channel()
         ch.queue_delete(queue)
+        ch.queue_delete(f"{queue}.dead")
         ch.close()
 
     def close(self) -> None:
