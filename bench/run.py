@@ -110,8 +110,8 @@ class Admin:
         return last
 
     def delete(self, queue: str) -> None:
-        """Delete a queue, and the event stream its workers and emit made (utils/events.py)."""
-        for name in (queue, queue + ".events"):
+        """Delete a queue, its dead-letter queue and the event stream its workers and emit made."""
+        for name in (queue, queue + ".dead", queue + ".events"):
             ch = self.conn.channel()
             ch.queue_delete(name)
             ch.close()

@@ -390,6 +390,7 @@ WORK_CASES = [
     ("shell-without-exec", ["--shell"], "--shell"),
     ("max-attempts-zero", ["--max-attempts", "0"], "--max-attempts"),
     ("zero-task-timeout", ["--task-timeout", "0"], "--task-timeout"),
+    ("zero-consumer-timeout", ["--consumer-timeout", "0"], "--consumer-timeout"),
 ]
 
 
