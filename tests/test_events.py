@@ -64,8 +64,8 @@ def test_the_log_hands_each_write_to_its_sink_urgent_unless_deferred(tmp_path):
     log = EventLog(tmp_path / "w.log", echo=False)
     got: list[tuple[str, bool]] = []
     log.sink = lambda text, urgent: got.append((text, urgent))
-    log.defer("started", task="t-1")
-    log.defer("done", task="t-1")
+    log.defer("started", {"task": "t-1"})
+    log.defer("done", {"task": "t-1"})
     log.flush()
     log.event("failed", task="t-2", reason="a b")
     log.close()
