@@ -132,7 +132,12 @@ class Run:
 
 
 def check_and_record(
-    name: str, r: Run, rows: int, dead: tuple[int, ...] = (), **extra: object
+    name: str,
+    r: Run,
+    rows: int,
+    dead: tuple[int, ...] = (),
+    stream_audit_only: bool = False,
+    **extra: object,
 ) -> dict[str, object]:
     """The common end-state check (every row done, or dead-lettered if it is in `dead`);
     returns the run's JSON report."""
@@ -147,8 +152,16 @@ def check_and_record(
     assert sorted(done + list(dead)) == list(range(1, rows + 1)), audit
     for dup in audit["duplicates"] + audit["redelivered"]:
         assert not dup["cause"].startswith("unknown"), dup
-    # The event stream on the broker tells the same story as the logs, to the last field.
-    assert broker_report(r.env, str(rep["run"])) == rep
+    # The event stream on the broker tells the same story as the logs, to the last field
+    # (but for whereabouts: the broker's counts, asked at another moment). A worker killed
+    # with SIGKILL may not have sent its last lines (docs/REPORT.md): where a scenario kills
+    # one at once, the stream is held to the audit's verdict only.
+    theirs = broker_report(r.env, str(rep["run"]))
+    if stream_audit_only:
+        for key in ("emitted", "missing", "dead_lettered", "ok"):
+            assert theirs["audit"][key] == rep["audit"][key], key
+    else:
+        assert {**theirs, "whereabouts": None} == {**rep, "whereabouts": None}
     RESULTS[name] = {
         "tasks": rows,
         "missing": len(audit["missing"]),
@@ -569,6 +582,7 @@ def test_12_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_max_a
         r,
         20,
         dead=(7,),
+        stream_audit_only=True,
         workers_killed=len(killed),
     )
     [t] = [t for t in rep["tasks"] if t["row"] == 7]
@@ -611,7 +625,7 @@ def test_13_a_foreign_consumer_that_keeps_rejecting_a_task_leaves_it_in_the_dead
     assert "row 1 " in listed.stdout
     assert f"the broker dead-lettered it from {queue}: delivery_limit" in listed.stdout
     back = run("tasks", "dead", "--requeue", env=r.env)
-    assert back.returncode == 0 and "moved 1 dead letter(s) back" in back.stdout, back.stderr
+    assert back.returncode == 0 and "moved 1 dead letter back" in back.stdout, back.stderr
     r.start_workers(1, "--seconds-per-dot", "0")
     r.wait_done(2)
     check_and_record("13 a foreign consumer rejects a task 30 times", r, 2, broker_deliveries=nacks)

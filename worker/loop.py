@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from utils import broker
-from utils.errors import AccessRefused, ConnectionLost, PublishRefused, QueueMismatch, TaskToolError
+from utils.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    ConnectionLost,
+    PublishRefused,
+    QueueMismatch,
+    TaskToolError,
+)
 from utils.logformat import EventLog, shorten
 from utils.management import queue_warnings
 from utils.settings import Settings, url_host
@@ -34,6 +41,8 @@ from worker.settle import (
 )
 from worker.stop import TICK, TwoStageStop
 
+#: How often a first connection that the broker closed while we set up is tried.
+FIRST_TRIES = 4
 #: Reconnect back-off: first delay, and the cap, in seconds.
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 30.0
@@ -55,6 +64,10 @@ class WorkerOptions:
     fast_ack: bool = True  # utils/fastack.py; False (WORK_FAST_ACK=0): basic_ack only
 
 
+class _StopWhileReconnecting(Exception):
+    """A stop asked for while a reconnect was waiting on the broker."""
+
+
 class Worker:
     """One worker process: consume, run, settle; survive what can be survived."""
 
@@ -63,6 +76,7 @@ class Worker:
         self.opts = opts
         self.log = log
         self.tally = WorkerTally()
+        self._reconnecting = False  # a stop request ends a reconnect's wait (request_stop)
         self._stop = TwoStageStop(log, opts.name, threading.Event())
         self._runner = TaskRunner(handler, opts.task_timeout, self._stop, self._lost_mid_task)
         self._settler = Settler(settings.queue, opts.name, opts.max_attempts, log, self.tally)
@@ -79,9 +93,13 @@ class Worker:
     def request_stop(self) -> None:
         """First call: warm stop (finish the task). Second: cold stop (give it back).
 
-        Safe in a signal handler: it only moves the stage on.
+        Safe in a signal handler: it only moves the stage on, except while reconnecting,
+        when pika may wait for a broker that never answers (a RabbitMQ 4 quorum queue whose
+        leader was just killed): then it ends the wait, as no task is held meanwhile.
         """
         self._stop.request()
+        if self._reconnecting:
+            raise _StopWhileReconnecting
 
     # -- connect, consume, reconnect ----------------------------------------------------------
     def run(self) -> WorkerTally:
@@ -90,12 +108,23 @@ class Worker:
         first = True
         attempt = 0
         while True:
+            self._reconnecting = not first
             try:
                 consumer = self._connect(first)
+            except _StopWhileReconnecting:
+                self._reconnecting = False
+                self.tally.stop = self._stop.describe("while reconnecting")
+                return self.tally
             except (AccessRefused, QueueMismatch):
+                self._reconnecting = False
                 raise
             except TaskToolError as exc:
-                if first:
+                self._reconnecting = False
+                # At start, a broker that does not answer is said at once (exit 3); one that
+                # answered, then closed on us while we declared (RabbitMQ 4 can answer
+                # 541 INTERNAL_ERROR to workers declaring the same new queue at once), is
+                # tried again a few times first.
+                if first and (isinstance(exc, BrokerUnavailable) or attempt >= FIRST_TRIES - 1):
                     raise
                 attempt += 1
                 wait = backoff.next()
@@ -110,6 +139,7 @@ class Worker:
                     self.tally.stop = self._stop.describe("while reconnecting")
                     return self.tally
                 continue
+            self._reconnecting = False
             if not first:
                 self.log.event(
                     "reconnected",
