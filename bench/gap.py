@@ -1,7 +1,7 @@
 """`work` against the bare pika consumer, run by run: rate and CPU per task (bench/NOTES.md).
 
     python -m bench.gap [--tasks 5000] [--reps 5] [--prefetch 1 10] [--queue-type classic quorum]
-                        [--before DIR] [--work-args '--no-fast-ack']
+                        [--before DIR] [--work-args '--no-fast-ack'] [--instructions]
 
 For each queue type and prefetch, every repetition fills a fresh queue of zero-dot tasks (by
 emit, confirmed) for each arm, and drains it: with bench/baseline_consume.py (bare), with
@@ -13,7 +13,9 @@ Rates are timed as `make bench` times them: ours from the first `started` line t
 worker's own CPU seconds from its `worker_ready` line to its exit (from /proc and rusage:
 its exit, some 30-45 ms, is in it), and the baseline's process time from its first
 delivery to its last ack, each divided by the tasks. On a shared machine the CPU figures
-vary far less than the rates. The broker is AMQP_URL, or the local node on BROKER_PORT.
+vary far less than the rates. --instructions counts each arm's user-space instructions per
+task under valgrind instead, which the load does not change. The broker is AMQP_URL, or the
+local node on BROKER_PORT.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -80,6 +83,40 @@ def ours(
     return {"rate": rate(counted, seconds), "cpu_us": cpu / tasks * 1e6}
 
 
+def instructions(
+    env: dict[str, str],
+    admin: Admin,
+    tmp: Path,
+    kind: str,
+    prefetch: int,
+    arm: str,
+    extra: list[str],
+) -> float:
+    """User-space instructions per task under valgrind: the difference of 1,200 and 200 tasks.
+
+    They do not depend on the machine's load: what each process does, not how fast.
+    """
+    counts = []
+    for n in (200, 1200):
+        q = f"gap-instructions-{arm}-{n}"
+        fill(env, tmp, q, n, kind)
+        if arm == "bare":
+            argv = [sys.executable, str(ROOT / "bench" / "baseline_consume.py"), str(n)]
+            argv += ["--url", admin.url, "--queue", q, "--prefetch", str(prefetch)]
+        else:
+            argv = [sys.executable, str(BIN / "work"), "--queue", q, "-q"]
+            argv += ["--log-dir", str(tmp / f"{q}-logs"), "--seconds-per-dot", "0"]
+            argv += ["--prefetch", str(prefetch), "--max-tasks", str(n), *extra]
+        vg = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+        out = subprocess.run([*vg, *argv], env=env, capture_output=True, text=True, check=True)
+        m = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+        if not m:
+            raise RuntimeError(f"no instruction count from valgrind:\n{out.stderr[-1000:]}")
+        counts.append(int(m[1].replace(",", "")))
+        admin.delete(q)
+    return (counts[1] - counts[0]) / 1000
+
+
 def summary(values: list[float], fmt: str = "{:,.0f}") -> str:
     """'median (min-max)'."""
     med = statistics.median(values)
@@ -101,6 +138,11 @@ def main() -> None:
     )
     ap.add_argument("--work-args", default="", help="extra options for work, e.g. '--no-fast-ack'")
     ap.add_argument("--json", type=Path, help="also write every run here")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: each arm's instructions per task under valgrind (cachegrind)",
+    )
     a = ap.parse_args()
     port = os.environ.get("BROKER_PORT", "5672")
     url = os.environ.get("AMQP_URL") or f"amqp://guest:guest@localhost:{port}/%2F"
@@ -111,6 +153,18 @@ def main() -> None:
         arms.append(("before", dict(env, PYTHONPATH=str(a.before.resolve()))))
     extra = a.work_args.split()
     admin = Admin(url)
+    if a.instructions:
+        with tempfile.TemporaryDirectory(prefix="gap-") as tmpdir:
+            for kind in a.queue_type:
+                for prefetch in a.prefetch:
+                    for name, arm_env in arms:
+                        more = extra if name == "work" else []
+                        per = instructions(
+                            arm_env or env, admin, Path(tmpdir), kind, prefetch, name, more
+                        )
+                        print(f"{kind} prefetch {prefetch} {name}: {per:,.0f} instructions/task")
+        admin.close()
+        return
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="gap-") as tmpdir:
         tmp = Path(tmpdir)

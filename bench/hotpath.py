@@ -1,12 +1,16 @@
 """The worker's own CPU per task, without a broker: `Worker._handle` and its log lines.
 
-    python -m bench.hotpath [--tasks 50000] [--reps 5] [--batch 1] [--profile]
+    python -m bench.hotpath [--tasks 50000] [--reps 5] [--batch 1] [--profile] [--no-handle]
 
 Runs the worker's per-delivery code (decode, the two log lines, decide, settle, the write to
 the log file) on zero-dot tasks as emit publishes them, with a stand-in consumer whose ack
 does nothing (--batch 10: as if pika had read ten deliveries at a time, as at prefetch 10). What pika costs is left out: it is the same for the bare consumer, and
 bench/gap.py measures the two together. Prints microseconds of CPU per task (median and
-range of the repetitions), and with --profile the functions called per task.
+range of the repetitions), and with --profile the functions called per task. Instructions
+per task, which do not depend on the machine's load, by difference under valgrind:
+
+    valgrind --tool=cachegrind --cache-sim=no python -m bench.hotpath --reps 1 --tasks 2000
+    (the same with --no-handle; the difference in "I refs", divided by 2,000)
 """
 
 from __future__ import annotations
@@ -65,10 +69,13 @@ def deliveries(n: int) -> list[tuple[Any, Any, bytes]]:
     return out
 
 
-def one_rep(tmp: Path, n: int, batch: int, profile: cProfile.Profile | None = None) -> float:
+def one_rep(
+    tmp: Path, n: int, batch: int, profile: cProfile.Profile | None = None, handle_them: bool = True
+) -> float:
     """CPU seconds per task over n tasks, with a fresh worker and log file.
 
     `batch`: how many deliveries pika hands over at once (up to the prefetch).
+    `handle_them` False: everything but the handling (for instruction counts by difference).
     """
     log = EventLog(tmp / f"worker-{time.monotonic_ns()}.log", echo=False)
     settings = Settings(queue="bench", queue_type="classic", log_dir=tmp)
@@ -80,7 +87,7 @@ def one_rep(tmp: Path, n: int, batch: int, profile: cProfile.Profile | None = No
     if profile:
         profile.enable()
     began = time.process_time()
-    for consumer, d in todo:
+    for consumer, d in todo if handle_them else ():
         handle(consumer, d)
     spent = time.process_time() - began
     if profile:
@@ -96,11 +103,19 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1, help="deliveries at once (<= prefetch)")
     ap.add_argument("--profile", action="store_true", help="also print calls per task")
+    ap.add_argument(
+        "--no-handle",
+        action="store_true",
+        help="build the deliveries but handle none: under valgrind, the difference from a "
+        "run without it is the instructions of --reps x --tasks handled tasks",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hotpath-") as tmpdir:
         tmp = Path(tmpdir)
         one_rep(tmp, 1000, a.batch)  # warm up
-        us = [one_rep(tmp, a.tasks, a.batch) * 1e6 for _ in range(a.reps)]
+        us = [
+            one_rep(tmp, a.tasks, a.batch, handle_them=not a.no_handle) * 1e6 for _ in range(a.reps)
+        ]
         print(
             f"Worker._handle: {statistics.median(us):.1f} us/task "
             f"({min(us):.1f}-{max(us):.1f}) over {a.reps} x {a.tasks:,} zero-dot tasks, "

@@ -7,6 +7,8 @@ getting slower.
 
 from __future__ import annotations
 
+import select
+
 import pika
 import pytest
 from pika import frame, spec
@@ -96,6 +98,19 @@ def test_an_ack_on_a_channel_the_broker_closed_is_connection_lost_with_the_broke
         wait_for("the channel closed", lambda: consumer.pump(0.05))
     tag = consumer.deliveries.popleft()[0].delivery_tag
     assert not consumer._fast.ack(tag)
+    with pytest.raises(ConnectionLost) as lost:
+        consumer.ack(tag)
+    assert lost.value.message.startswith("the broker closed the channel: 406")
+
+
+def test_an_ack_after_a_close_pika_has_not_read_yet_is_connection_lost_as_with_basic_ack(consumer):
+    """The broker's close waits in the socket, unread: the ack must see it, not go past it."""
+    consumer._channel._impl.basic_ack(99)  # queued, not flushed: nothing read meanwhile
+    impl = consumer.connection._impl
+    impl._transport._produce()  # written; the broker answers with Channel.Close
+    sock = impl._transport._sock
+    wait_for("the broker's answer in the socket", lambda: select.select([sock], [], [], 0.05)[0])
+    tag = consumer.deliveries.popleft()[0].delivery_tag
     with pytest.raises(ConnectionLost) as lost:
         consumer.ack(tag)
     assert lost.value.message.startswith("the broker closed the channel: 406")

@@ -18,13 +18,16 @@ What it relies on: pika's private internals, named here and nowhere else in the 
 If anything differs it steps aside: `open_fast_ack` returns None, says why in a debug log
 line, and every ack goes through `basic_ack`. Each ack steps aside too (returns False) when
 pika has bytes queued (a heartbeat, say: they must go first), when the channel is not open
-(pika's basic_ack then says why), or when the socket takes nothing. `WORK_FAST_ACK=0` (read
+(pika's basic_ack then says why), when the broker has sent something not yet read (a close
+that basic_ack would notice as it sends: one poll(2) of the socket finds out), or when the
+socket takes nothing. `WORK_FAST_ACK=0` (read
 by worker/cli.py) turns it off; the worker's ack tests run both ways.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import struct
 from typing import Any
 
@@ -83,7 +86,11 @@ class FastAck:
         self._connection = connection
         self._impl = connection._impl
         self._transport = self._impl._transport
-        self._send = self._transport._sock.send
+        sock = self._transport._sock
+        self._send = sock.send
+        # Whether the broker has sent anything yet unread: a poll of the socket alone.
+        self._unread = select.poll()
+        self._unread.register(sock.fileno(), select.POLLIN)
         self._channel = channel
         self._number: int = channel.channel_number
 
@@ -94,6 +101,10 @@ class FastAck:
             self._impl._transport is not transport  # the connection closed meanwhile
             or transport.get_write_buffer_size()  # queued bytes go first, in order
             or not self._channel.is_open
+            # Something from the broker waits (a channel or connection close, say):
+            # basic_ack reads it as it sends, and a close then makes the ack fail, which
+            # the worker logs as ack_lost and remembers. Let it.
+            or self._unread.poll(0)
         ):
             return False
         data = _ACK.pack(1, self._number, 13, 60, 80, tag, multiple) + _FRAME_END
