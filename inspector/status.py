@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from utils import broker
-from utils.errors import TaskToolError
+from utils.errors import ConnectionLost, TaskToolError
 from utils.management import (
     ManagementUnavailable,
     default_management_url,
@@ -37,6 +37,8 @@ class QueuePart:
     dead: int | None = None  # None: there is no dead-letter queue (yet)
     #: What the queue lacks that we would have given it, with the command that fixes it.
     warnings: list[str] = field(default_factory=list)
+    #: Why the counts are not AMQP's, when they are not.
+    note: str = ""
 
 
 @dataclass
@@ -90,17 +92,16 @@ class Status:
 def gather(settings: Settings, management_url: str | None) -> Status:
     """Ask the broker (AMQP) and its management API (HTTP) about the queue."""
     nodes = _node_parts(settings) if len(settings.urls) > 1 else None
-    conn, url = broker.connect(settings, client_name="tasks status")
-    try:
-        queue = _queue_part(conn, settings.queue)
-    finally:
-        conn.close()
+    queue, url, stalled = _ask_queue(settings)
     mgmt_url = management_url or default_management_url(url)
     cluster = ClusterPart(nodes) if nodes is not None else None
     management = _management_part(
         queue, mgmt_url, url_vhost(url), fallback_url=url, cluster=cluster
     )
-    if queue.exists:
+    if stalled is not None:
+        if not management.answered:
+            raise stalled  # neither AMQP nor the API told us anything about the queue
+    elif queue.exists:
         conn, _ = broker.connect(settings, client_name="tasks status")
         try:
             if queue.queue_type is None:
@@ -110,6 +111,33 @@ def gather(settings: Settings, management_url: str | None) -> Status:
         finally:
             conn.close()
     return Status(mask_url(url), queue, management, cluster)
+
+
+def _ask_queue(settings: Settings, tries: int = 2) -> tuple[QueuePart, str, ConnectionLost | None]:
+    """The queue's counts from AMQP, asking again on a new connection (on a cluster, maybe
+    another node) when a node drops or does not answer the question (broker.ANSWER_WITHIN).
+
+    When no answer comes, the part says so and the management API is asked instead: a
+    RabbitMQ 4 node can leave the question unanswered for minutes after a quorum queue's
+    leader is killed, while the queue itself goes on working.
+    """
+    for _ in range(tries):
+        conn, url = broker.connect(settings, client_name="tasks status")
+        try:
+            return _queue_part(conn, settings.queue), url, None
+        except ConnectionLost as exc:
+            lost = exc
+        finally:
+            conn.close()
+    stalled = ConnectionLost(
+        f"could not learn queue '{settings.queue}' from the broker at {url_host(url)}: "
+        f"{lost.message}",
+        "try again in a few seconds; on a cluster, `rabbitmqctl list_queues name leader "
+        "online` on a node shows where the queue stands",
+    )
+    part = QueuePart(settings.queue, True, dead_queue=broker.dead_letter_name(settings.queue))
+    part.note = f"AMQP did not answer ({lost.message}); the counts are the management API's"
+    return part, url, stalled
 
 
 def _warnings(conn: Any, settings: Settings, url: str, mgmt_url: str) -> list[str]:
@@ -169,6 +197,9 @@ def _management_part(
         )
         return part
     part.answered = True
+    if queue.note:  # AMQP did not answer: the API's counts (a few seconds old) stand in
+        queue.ready = _int(data.get("messages_ready"))
+        queue.consumers = _int(data.get("consumers"))
     queue.unacked = _int(data.get("messages_unacknowledged"))
     queue.queue_type = data.get("type") or queue.queue_type
     stats = data.get("message_stats") or {}
@@ -206,7 +237,12 @@ def render(s: Status) -> list[str]:
             f"queue '{q.name}' ({q.queue_type or 'type unknown'}) at {s.broker}",
             f"  ready {_n(q.ready)}, unacked {_n(q.unacked)}, consumers {_n(q.consumers)}",
         ]
-    dead = plural(q.dead, "message") if q.dead is not None else "none (no dead letters yet)"
+    if q.note:
+        lines.append(f"  note: {q.note}")
+    if q.dead is not None:
+        dead = plural(q.dead, "message")
+    else:
+        dead = "unknown" if q.note else "none (no dead letters yet)"
     lines.append(f"  dead-letter queue '{q.dead_queue}': {dead}")
     lines.extend(f"  warning: {w}" for w in q.warnings)
     if m.answered:

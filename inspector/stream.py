@@ -23,7 +23,7 @@ from typing import Any
 
 from inspector.runs import LogSet, Skipped, fold_events
 from utils import broker
-from utils.errors import BrokerUnavailable, NothingToDo
+from utils.errors import BrokerUnavailable, ConnectionLost, NothingToDo
 from utils.events import KIND_EVENTS, KIND_MARK, stream_name
 from utils.logformat import parse_line
 from utils.settings import Settings
@@ -100,7 +100,15 @@ def _lines(
         mark = ""
         if not follow:
             mark = f"mark.{secrets.token_hex(8)}"
-            broker.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {})
+            # Its confirm waits for the stream to have a leader (one is elected after a
+            # node is lost): as long as we would wait for the stream's news below.
+            try:
+                broker.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {}, STALL)
+            except ConnectionLost as exc:
+                raise BrokerUnavailable(
+                    f"could not mark the end of the stream '{name}': {exc.message}",
+                    "the broker may be overloaded or a node down; try again",
+                ) from None
         offset: Any = "first" if since is None else since - CLOCK_MARGIN
         consumer = broker.consume_stream(conn, name, offset=offset, prefetch=PREFETCH)
         seen: set[str] = set()

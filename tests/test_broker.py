@@ -258,3 +258,23 @@ def test_a_closed_channel_is_said_at_once_even_with_deliveries_waiting(conn, que
         for _ in range(50):
             consumer.pump(0.1)
     assert len(consumer.deliveries) == 2  # still there, for the worker to name as it drops them
+
+
+def test_a_broker_that_does_not_answer_is_connection_lost_not_a_hang(make_node, monkeypatch):
+    # A frozen node keeps our connection open and answers nothing: as a RabbitMQ 4 node does
+    # to a queue.declare on a quorum queue whose leader was just killed.
+    node = make_node()
+    conn, _url = broker.connect(Settings(urls=(node.url,)), client_name="test")
+    monkeypatch.setattr(broker, "ANSWER_WITHIN", 1.0)
+    node.freeze()
+    try:
+        with pytest.raises(ConnectionLost, match="did not answer queue_counts within 1 s"):
+            broker.queue_counts(conn, "anything")
+        conn.close()  # does not wait for an answer either
+    finally:
+        node.thaw()
+    assert not conn.is_open
+    # The node itself is fine: a new connection gets its answers.
+    again, _url = broker.connect(Settings(urls=(node.url,)), client_name="test")
+    assert broker.queue_counts(again, "anything") is None
+    again.close()

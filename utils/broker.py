@@ -18,7 +18,7 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -76,13 +76,59 @@ def _lost(exc: BaseException) -> ConnectionLost:
     return ConnectionLost(reason, "", getattr(exc, "reply_code", None), consumer_timeout=timeout)
 
 
+#: How long a broker operation may wait for its answer before we drop the connection.
+#: pika's blocking calls have no time limit, and a RabbitMQ 4 node can leave one unanswered
+#: for good: a queue.declare on a quorum queue whose leader was just killed, say.
+ANSWER_WITHIN = 15.0
+
+
+class NoAnswer(px.AMQPConnectionError):
+    """The broker did not answer an operation in time, so we dropped the connection."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "the broker did not answer"
+
+
+@contextlib.contextmanager
+def answer_within(
+    connection: pika.BlockingConnection, what: str, seconds: float | None = None
+) -> Iterator[None]:
+    """Drop the connection if the operation inside does not end within `seconds`.
+
+    The operation then raises NoAnswer (one of pika's connection errors, so it becomes
+    ConnectionLost like any other lost connection, and callers reconnect or say so).
+    """
+    impl = getattr(connection, "_impl", None)  # pika's connection, whose I/O loop we wait in
+    if impl is None or not connection.is_open:
+        yield
+        return
+    limit = ANSWER_WITHIN if seconds is None else seconds
+
+    def expire() -> None:
+        log.debug("no answer to %s within %g s: dropping the connection", what, limit)
+        impl._terminate_stream(
+            NoAnswer(
+                f"the broker did not answer {what} within {limit:g} s (a quorum queue "
+                "that just lost its leader can stall a node's answers)"
+            )
+        )
+
+    timer = impl._adapter_call_later(limit, expire)
+    try:
+        yield
+    finally:
+        impl._adapter_remove_timeout(timer)  # harmless once it has fired
+
+
 def _our_errors(f: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Let a broker operation raise only our errors: a lost connection is ConnectionLost."""
+    """Let a broker operation raise only our errors: a lost connection is ConnectionLost,
+    and so is a broker that does not answer within ANSWER_WITHIN (see answer_within)."""
 
     @functools.wraps(f)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return f(*args, **kwargs)
+            with answer_within(args[0], f.__name__):
+                return f(*args, **kwargs)
         except _LOST_ERRORS as exc:
             raise _lost(exc) from None
 
@@ -238,7 +284,8 @@ class Connection(pika.BlockingConnection):
         """Close the connection if it is still open; a connection already lost stays so."""
         try:
             if self.is_open:
-                super().close(reply_code, reply_text)
+                with answer_within(self, "connection.close"):
+                    super().close(reply_code, reply_text)
         except _LOST_ERRORS as exc:
             log.debug("closing a connection that was going anyway: %r", exc)
 
@@ -748,7 +795,8 @@ class Consumer(Channel):
         if not (self.connection.is_open and self._channel.is_open):
             raise self._lost_error()  # pika asserts on cancelling a consumer of a closed channel
         try:
-            leftovers = self._channel.basic_cancel(tag)
+            with answer_within(self.connection, "basic.cancel"):
+                leftovers = self._channel.basic_cancel(tag)
             for _ch, method, _props, _body in leftovers or ():
                 self._channel.basic_nack(method.delivery_tag, requeue=True)
             for method, _props, _body in self.deliveries:
@@ -788,7 +836,8 @@ def consume(
     channel, info = declare_queue(connection, settings)
     consumer = Consumer(connection, channel, settings.queue, fast_ack)
     try:
-        consumer._start(prefetch)
+        with answer_within(connection, "basic.consume"):
+            consumer._start(prefetch)
     except px.ChannelClosedByBroker as exc:
         raise _queue_error(exc, settings.queue) from None
     except _LOST_ERRORS as exc:
@@ -921,8 +970,16 @@ class StreamPublisher:
         except _LOST_ERRORS as exc:
             raise _lost(exc) from None
 
-    def publish(self, body: bytes, message_id: str, kind: str, headers: dict[str, Any]) -> None:
-        """Publish one message and wait for its confirm; PublishRefused when nacked."""
+    def publish(
+        self,
+        body: bytes,
+        message_id: str,
+        kind: str,
+        headers: dict[str, Any],
+        within: float | None = None,
+    ) -> None:
+        """Publish one message and wait for its confirm, up to `within` seconds (default
+        ANSWER_WITHIN; then ConnectionLost); PublishRefused when nacked."""
         props = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type="text/plain",
@@ -932,7 +989,8 @@ class StreamPublisher:
             headers=headers,
         )
         try:
-            self._channel.basic_publish("", self.name, body, props, mandatory=True)
+            with answer_within(self.connection, f"a publish to stream '{self.name}'", within):
+                self._channel.basic_publish("", self.name, body, props, mandatory=True)
         except px.UnroutableError:
             raise PublishRefused(
                 f"the broker returned an event batch sent to '{self.name}': no such stream",
