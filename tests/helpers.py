@@ -85,7 +85,20 @@ class Proc:
         self.popen.wait()
 
     def wait(self, timeout: float = WAIT) -> int:
-        return self.popen.wait(timeout=timeout)
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A worker prints where each of its threads is on SIGUSR1: say where it hangs.
+            self.signal(signal.SIGUSR1)
+            with contextlib.suppress(AssertionError):  # (other commands die of SIGUSR1)
+                wait_for(
+                    "the stacks",
+                    lambda: "most recent call first" in self.output() or self.popen.poll(),
+                    timeout=10,
+                )
+            raise AssertionError(
+                f"{self.popen.args} still runs after {timeout:g} s:\n{self.output()[-6000:]}"
+            ) from None
 
     def output(self) -> str:
         return self.out.read_text(errors="replace")

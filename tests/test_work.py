@@ -156,6 +156,18 @@ def test_ctrl_c_mid_task_finishes_and_acks_it_then_exits_0(env, broker_url, queu
     assert queue_counts(broker_url, queue) == (1, 0)
 
 
+def test_sigusr1_prints_where_each_thread_is_and_the_worker_goes_on(env, logs, tmp_path):
+    w = spawn("work", "--name", "u", "--seconds-per-dot", "0.01", env=env, out=tmp_path / "u.out")
+    wait_for_event(logs / "worker-u.log", "worker_ready", alive=w)
+    w.signal(signal.SIGUSR1)
+    stacks = wait_for("the stacks", lambda: "worker/loop.py" in w.output() and w.output(), alive=w)
+    assert "most recent call first" in str(stacks) and 'File "' in str(stacks)
+    assert run("emit", "--message", "after .", env=env).returncode == 0
+    wait_for_event(logs / "worker-u.log", "done", alive=w)
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0, w.output()
+
+
 def test_tutorial_scripts_and_ours_share_a_classic_queue(env, broker_url, queue, logs, tmp_path):
     """The RabbitMQ tutorial's new_task.py/worker.py declare task_queue as durable classic."""
     params = pika.URLParameters(broker_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 import signal
@@ -169,6 +170,8 @@ def main(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # As Celery's workers do: `kill -USR1 PID` prints where every thread is, to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if terminal.is_tty and hasattr(signal, "SIGWINCH"):
         signal.signal(signal.SIGWINCH, lambda signum, frame: terminal.resized())
     tally = worker.tally
