@@ -247,6 +247,8 @@ def test_the_event_stream_survives_losing_a_node_and_the_report_still_reads_it(
     logs_run = json.loads(ours.stdout)["runs"][0]
     broker_run = json.loads(theirs.stdout)["runs"][0]
     assert broker_run["audit"]["missing"] == [] and broker_run["audit"]["emitted"] == 600
-    assert broker_run == logs_run
+    # The same run from both sources, but for whereabouts: the broker's counts, asked at
+    # another moment (the management API's view of a cluster lags by seconds).
+    assert {**broker_run, "whereabouts": None} == {**logs_run, "whereabouts": None}
 
     assert broker("start", port=lost).returncode == 0  # for the tests after this one

@@ -10,6 +10,7 @@ import subprocess
 from collections import Counter
 
 import pika
+import pytest
 
 from tests.helpers import (
     BIN,
@@ -188,3 +189,25 @@ def test_a_blocking_broker_is_reported_waited_for_and_given_up_on(make_node, env
     got = drain(node.url, queue)
     second = [b.decode() for _, p, b in got if p.headers["source-file"] == "-"]
     assert second == rows(1, 3)
+
+
+def test_a_user_who_may_not_publish_is_told_so_once_not_retried_forever(make_node, env):
+    node = make_node()
+    node.ctl("add_user", "reader", "secret-pw")
+    queue = env["TASK_QUEUE"]
+    ours = f"^{queue}(\\.dead|\\.events)?$"
+    # It may declare and read the queue, and write to it, but not through amq.default.
+    node.ctl("set_permissions", "-p", "/", "reader", ours, ours, ours)
+    e = {**env, "AMQP_URL": f"amqp://reader:secret-pw@localhost:{node.port}/%2F"}
+    r = subprocess.run(
+        [str(BIN / "emit"), "--message", "One.", "--message", "Two."],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 4, r.stderr
+    assert "refused access to queue" in r.stderr and "exchange 'amq.default'" in r.stderr
+    assert no_traceback(r.stderr) and "reconnected" not in r.stderr
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+        queue_counts(node.url, queue)  # nothing half-done: not even the queue was declared
