@@ -113,7 +113,8 @@ def purge(
             if not click.confirm(question, default=False):
                 click.echo("nothing removed")
                 raise SystemExit(int(ExitCode.NOTHING_DONE))
-        removed = broker.purge_queue(conn, name)
+        with broker.queue_errors(name):
+            removed = conn.channel().queue_purge(name).method.message_count
     finally:
         conn.close()
     click.echo(f"removed {plural(removed, 'message')} from queue '{name}'")

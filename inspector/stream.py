@@ -102,7 +102,8 @@ def _lines(
             mark = f"mark.{secrets.token_hex(8)}"
             broker.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {})
         offset: Any = "first" if since is None else since - CLOCK_MARGIN
-        consumer = broker.consume_stream(conn, name, offset=offset, prefetch=PREFETCH)
+        consumer = broker.Consuming(conn, name)
+        consumer.start(PREFETCH, {"x-stream-offset": offset})
         seen: set[str] = set()
         taken = 0
         last_news = time.monotonic()
@@ -120,7 +121,7 @@ def _lines(
             method, props, body = consumer.deliveries.popleft()
             taken += 1
             if taken % ACK_EVERY == 0:
-                consumer.ack_upto(method.delivery_tag)
+                consumer.ack(method.delivery_tag, multiple=True)  # a stream's credit
             mid = props.message_id or ""
             if mark and mid == mark:
                 return

@@ -24,9 +24,9 @@ from utils.options import (
     make_settings,
     management_url_option,
 )
-from utils.terminal import Terminal
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
+from worker.terminal import Terminal
 
 
 def default_name() -> str:
