@@ -14,7 +14,6 @@ from emitter.emit import EmitOptions, EmitReport, emit_rows, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.errors import BadInput, ExitCode
-from utils.events import open_event_stream
 from utils.logformat import EventLog, shorten
 from utils.options import (
     EnvOption,
@@ -22,8 +21,8 @@ from utils.options import (
     consumer_timeout_option,
     events_options,
     handle_errors,
-    make_events_config,
     make_settings,
+    open_events,
 )
 from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
@@ -144,9 +143,6 @@ def main(
     fast_path,
     open_admin,
     quiet,
-    events,
-    events_max_age,
-    events_max_bytes,
     urls,
     queue,
     queue_type,
@@ -193,8 +189,7 @@ def main(
         return
 
     log = EventLog(log_dir / "emitter.log", echo=False)
-    config = make_events_config(events, events_max_age, events_max_bytes)
-    stream = open_event_stream(settings, config, "emit", log)
+    stream = open_events(settings, "emit", log)
     bar = None
 
     def on_start(total: int | None) -> None:

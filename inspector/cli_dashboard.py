@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from inspector.cli_queue import management_url_option
 from inspector.dashboard.server import (
     Dashboard,
     QueueWatch,
@@ -20,7 +19,13 @@ from inspector.dashboard.server import (
 from inspector.dashboard.sources import LogTail
 from inspector.dashboard.state import DashboardState
 from utils.errors import BadInput
-from utils.options import EnvOption, broker_options, handle_errors, make_settings
+from utils.options import (
+    EnvOption,
+    broker_options,
+    handle_errors,
+    make_settings,
+    management_url_option,
+)
 
 
 @click.command()
@@ -65,7 +70,6 @@ def dashboard(
     bind: str,
     use_token: bool,
     run_id: str | None,
-    management_url: str | None,
     urls: tuple[str, ...],
     queue: str,
     queue_type: str,
@@ -93,7 +97,7 @@ def dashboard(
     app = Dashboard(
         LogTail(log_dir),
         state,
-        QueueWatch(settings, management_url),
+        QueueWatch(settings),
         token=token,
         bind=bind,
     )

@@ -12,22 +12,12 @@ import click
 from inspector.status import gather, render
 from utils import broker
 from utils.errors import ExitCode, NothingToDo, TaskToolError
-from utils.options import EnvOption, broker_options, handle_errors, make_settings
+from utils.options import broker_options, handle_errors, make_settings, management_url_option
 from utils.plural import plural
 from utils.settings import Settings, url_host
 
 #: Seconds between refreshes of `tasks status --watch`.
 WATCH_EVERY = 1.0
-
-#: --management-url, for the commands that ask the management API (status, report).
-management_url_option = click.option(
-    "--management-url",
-    envvar="TASK_MANAGEMENT_URL",
-    cls=EnvOption,
-    metavar="URL",
-    help="The management API. "
-    "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
-)
 
 
 @click.command()
@@ -41,7 +31,6 @@ def status(
     queue: str,
     queue_type: str,
     log_dir: Path,
-    management_url: str | None,
     watch: bool,
     as_json: bool,
 ) -> None:
@@ -54,7 +43,7 @@ def status(
     """
     settings = make_settings(urls, queue, queue_type, log_dir)
     if not watch:
-        _show(settings, management_url, as_json)
+        _show(settings, as_json)
         return
     try:
         while True:
@@ -62,7 +51,7 @@ def status(
                 click.clear()
                 click.echo(f"{datetime.now():%H:%M:%S}  (Ctrl+C to stop)")
             try:
-                _show(settings, management_url, as_json)
+                _show(settings, as_json)
             except TaskToolError as exc:  # the broker may come back; keep watching
                 click.echo(f"error: {exc.message}", err=True)
             time.sleep(WATCH_EVERY)
@@ -70,8 +59,8 @@ def status(
         return
 
 
-def _show(settings: Settings, management_url: str | None, as_json: bool) -> None:
-    s = gather(settings, management_url)
+def _show(settings: Settings, as_json: bool) -> None:
+    s = gather(settings, settings.management_url)
     if as_json:
         # One object per line, so that --watch --json is a stream a script can read.
         click.echo(json.dumps(s.to_json()))
@@ -113,7 +102,8 @@ def purge(
             if not click.confirm(question, default=False):
                 click.echo("nothing removed")
                 raise SystemExit(int(ExitCode.NOTHING_DONE))
-        removed = broker.purge_queue(conn, name)
+        with broker.queue_errors(name):
+            removed = conn.channel().queue_purge(name).method.message_count
     finally:
         conn.close()
     click.echo(f"removed {plural(removed, 'message')} from queue '{name}'")

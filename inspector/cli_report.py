@@ -15,7 +15,6 @@ import click
 
 from inspector import timeline
 from inspector.analysis import RunSummary, summarise_run, summarise_untracked
-from inspector.cli_queue import management_url_option
 from inspector.render import (
     render_text,
     render_untracked,
@@ -27,7 +26,7 @@ from inspector.stream import read_broker
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
 from utils.logformat import parse_ts
-from utils.options import broker_options, handle_errors, make_settings
+from utils.options import broker_options, handle_errors, make_settings, management_url_option
 from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, Settings
 
@@ -110,7 +109,6 @@ def report(
     as_csv: bool,
     timeline_to: str | None,
     logs_only: bool,
-    management_url: str | None,
     urls: tuple[str, ...],
     queue: str,
     queue_type: str,
@@ -155,7 +153,7 @@ def report(
     by_id = {r.run_id: s for r, s in every_run}
     pairs = [(r, by_id[r.run_id]) for r in runs]
     wheres = _whereabouts(
-        logs, pairs, every_run, None if logs_only else settings, management_url, as_json or as_csv
+        logs, pairs, every_run, None if logs_only else settings, as_json or as_csv
     )
     # From here on, "missing" is the judgement with the broker's counts, not the logs' alone.
     shown = [
@@ -200,14 +198,13 @@ def _whereabouts(
     pairs: list[tuple[Run, RunSummary]],
     every_run: list[tuple[Run, RunSummary]],
     settings: Settings | None,
-    management_url: str | None,
     quiet: bool,
 ) -> list[Whereabouts]:
     """Where each shown run's tasks not done are; settings None: from the logs alone."""
     if settings is None:
         return locate(pairs, every_run, logs, None, DEFAULT_QUEUE)
     queues = sorted({queue_of(r, settings.queue) for r, _s in pairs})
-    view = look(settings, queues, set(logs.workers), management_url)
+    view = look(settings, queues, set(logs.workers))
     wheres = locate(pairs, every_run, logs, view, settings.queue)
     # The management API counts deliveries every 5 s: tasks another consumer took just now
     # look missing until it has. Ask again for a few seconds before calling them missing.
@@ -217,7 +214,7 @@ def _whereabouts(
         deadline = time.monotonic() + MANAGEMENT_LAG
         while any(w.missing for w in wheres) and time.monotonic() < deadline:
             time.sleep(1.0)
-            view = look(settings, queues, set(logs.workers), management_url)
+            view = look(settings, queues, set(logs.workers))
             wheres = locate(pairs, every_run, logs, view, settings.queue)
     return wheres
 

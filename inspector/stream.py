@@ -110,7 +110,8 @@ def _lines(
                     "the broker may be overloaded or a node down; try again",
                 ) from None
         offset: Any = "first" if since is None else since - CLOCK_MARGIN
-        consumer = broker.consume_stream(conn, name, offset=offset, prefetch=PREFETCH)
+        consumer = broker.Consuming(conn, name)
+        consumer.start(PREFETCH, {"x-stream-offset": offset})
         seen: set[str] = set()
         taken = 0
         last_news = time.monotonic()
@@ -128,7 +129,7 @@ def _lines(
             method, props, body = consumer.deliveries.popleft()
             taken += 1
             if taken % ACK_EVERY == 0:
-                consumer.ack_upto(method.delivery_tag)
+                consumer.ack(method.delivery_tag, multiple=True)  # a stream's credit
             mid = props.message_id or ""
             if mark and mid == mark:
                 return

@@ -60,9 +60,7 @@ class BrokerView:
     management: bool = False  # the management API answered about every queue that exists
 
 
-def look(
-    settings: Settings, queues: list[str], ours: set[str], management_url: str | None
-) -> BrokerView:
+def look(settings: Settings, queues: list[str], ours: set[str]) -> BrokerView:
     """Ask the broker about each queue; never raises for a broker that is not there.
 
     ours: the worker names in the logs, to tell their consumers from other consumers.
@@ -87,7 +85,7 @@ def look(
         if conn.is_open:
             conn.close()
     out = BrokerView(True, url_host(url), queues=views, management=True)
-    api = management_url or default_management_url(url)
+    api = settings.management_url or default_management_url(url)
     for view in views.values():
         if not view.exists:
             continue

@@ -183,5 +183,5 @@ def emit_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, s
 
 @pytest.fixture(params=["fast", "plain"])
 def work_env(request: pytest.FixtureRequest, env: dict[str, str]) -> dict[str, str]:
-    """`env`, once with the worker's fast ack (utils/fastack.py) and once with WORK_FAST_ACK=0."""
+    """`env`, once with the worker's fast ack (worker/fastack.py) and once with WORK_FAST_ACK=0."""
     return {**env, "WORK_FAST_ACK": "1" if request.param == "fast" else "0"}

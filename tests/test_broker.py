@@ -10,6 +10,7 @@ from utils import broker
 from utils.errors import ConnectionLost, PublishRefused
 from utils.settings import Settings
 from utils.task import Task
+from worker.consumer import Consumer, consume
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_a_copy_declares_its_queue_if_asked_and_is_persistent_with_the_new_heade
 
 
 def test_a_channel_the_broker_closes_under_a_consumer_is_connection_lost_with_its_code(conn, queue):
-    consumer, info = broker.consume(conn, Settings(queue=queue), prefetch=1)
+    consumer, info = consume(conn, Settings(queue=queue), prefetch=1)
     assert info.created
     consumer.ack(99)  # no such delivery: the broker closes the channel
     with pytest.raises(ConnectionLost) as lost:
@@ -62,7 +63,7 @@ def test_a_channel_the_broker_closes_under_a_consumer_is_connection_lost_with_it
 
 
 def test_a_queue_deleted_under_a_consumer_is_connection_lost(conn, broker_url, queue):
-    consumer, _info = broker.consume(conn, Settings(queue=queue), prefetch=1)
+    consumer, _info = consume(conn, Settings(queue=queue), prefetch=1)
     other = pika.BlockingConnection(pika.URLParameters(broker_url))
     other.channel().queue_delete(queue)
     other.close()
@@ -219,12 +220,12 @@ def test_a_consumer_timeout_is_read_from_the_brokers_words(text, seconds):
         )
 
 
-def two_deliveries_waiting(conn, queue: str) -> broker.Consumer:
+def two_deliveries_waiting(conn, queue: str) -> Consumer:
     """A consumer (prefetch 2) with two deliveries come but not taken yet."""
     for n in (1, 2):
         task = Task(f"t{n}", f"t-{n}")
         broker.publish_copy(conn, queue, task.encode(), task.properties(), {}, declare=True)
-    consumer, _info = broker.consume(conn, Settings(queue=queue, queue_type="classic"), prefetch=2)
+    consumer, _info = consume(conn, Settings(queue=queue, queue_type="classic"), prefetch=2)
     while len(consumer.deliveries) < 2:
         consumer.pump(0.1)
     return consumer

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import BIN, ROOT, WAIT, events, queue_ready, run, wait_for, wait_for_event
-from utils.terminal import Terminal, cells, colour_wanted, fit
+from worker.terminal import Terminal, cells, colour_wanted, fit
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 #: Fails a body with "fails" in it on its first attempt only: one retry, then done.

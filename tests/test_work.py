@@ -29,12 +29,14 @@ from tests.helpers import (
 )
 from utils import broker
 from utils.errors import ConnectionLost
-from utils.logformat import EventLog, format_human, parse_line
+from utils.logformat import EventLog, now_iso, parse_line
 from utils.settings import Settings
 from utils.task import Task
+from worker.consumer import Consumer, consume
 from worker.handlers import DotSleep
 from worker.loop import Worker, WorkerOptions
 from worker.settle import Outcome, Settler, WorkerTally, decide
+from worker.terminal import Terminal
 
 
 def start_workers(env, logs: Path, tmp_path: Path, n: int, *args: str):
@@ -239,9 +241,9 @@ class AckSpy:
         self.calls: list[tuple[int, bool]] = []  # (tag, multiple) of each ack
         self.early: list[str] = []  # tasks logged done before their ack
         self.first_batch = first_batch
-        real_deliver = broker.Consumer._on_delivery
-        real_ack = broker.Consumer.ack
-        real_pump = broker.Consumer.pump
+        real_deliver = Consumer._on_delivery
+        real_ack = Consumer.ack
+        real_pump = Consumer.pump
         spy = self
 
         def on_delivery(consumer, channel, method, properties, body):
@@ -267,9 +269,9 @@ class AckSpy:
                 return
             real_pump(consumer, seconds)
 
-        monkeypatch.setattr(broker.Consumer, "_on_delivery", on_delivery)
-        monkeypatch.setattr(broker.Consumer, "ack", ack)
-        monkeypatch.setattr(broker.Consumer, "pump", pump)
+        monkeypatch.setattr(Consumer, "_on_delivery", on_delivery)
+        monkeypatch.setattr(Consumer, "ack", ack)
+        monkeypatch.setattr(Consumer, "pump", pump)
 
 
 def batch_worker(broker_url: str, queue: str, logs: Path, **opts) -> tuple[Worker, EventLog]:
@@ -342,7 +344,7 @@ def test_acks_that_wait_when_the_connection_goes_are_each_logged_lost_and_rememb
     ids = publish_bodies(broker_url, queue, [b"a", b"b", b"c"])
     settings = Settings(urls=(broker_url,), queue=queue)
     conn, _url = broker.connect(settings, client_name="test")
-    consumer, _info = broker.consume(conn, settings, prefetch=10, fast_ack=fast_ack)
+    consumer, _info = consume(conn, settings, prefetch=10, fast_ack=fast_ack)
     wait_for("3 deliveries", lambda: len(consumer.deliveries) >= 3 or consumer.pump(0.05))
     log = EventLog(logs / "worker-s.log", echo=False)
     settler = Settler(queue, "s", 3, log, WorkerTally())
@@ -380,9 +382,8 @@ def test_the_log_file_rotates_by_size_and_keeps_parseable_lines(tmp_path, monkey
 
 
 def test_the_terminal_line_names_the_row_and_the_note_and_leaves_the_ids_to_the_log_file():
-    text = format_human(
-        "shutdown_warm", worker="w1", task="r-3", row=3, run="r", note="warm stop (1 of 2)"
-    )
+    fields = {"worker": "w1", "task": "r-3", "row": 3, "run": "r", "note": "warm stop (1 of 2)"}
+    text = Terminal().line(now_iso(), "shutdown_warm", fields)
     assert text.endswith("shutdown_warm row 3     warm stop (1 of 2)")
     assert "w1" not in text and "r-3" not in text
 

@@ -1,4 +1,4 @@
-"""The worker's fast ack (utils/fastack.py): pika's bytes, pika's counters, pika's version.
+"""The worker's fast ack (worker/fastack.py): pika's bytes, pika's counters, pika's version.
 
 If a pika upgrade removes an internal the fast ack needs, or is a version it was not tested
 with, the self-check test below fails: the suite turns red instead of the worker silently
@@ -14,10 +14,12 @@ import pytest
 from pika import frame, spec
 
 from tests.helpers import queue_counts, wait_for
-from utils import broker, fastack
+from utils import broker
 from utils.errors import ConnectionLost
 from utils.settings import Settings
 from utils.task import Task
+from worker import fastack
+from worker.consumer import consume
 
 
 @pytest.mark.parametrize(
@@ -45,7 +47,7 @@ def consumer(broker_url, queue):
         task = Task.from_row(f"Task {row}", row, "fast", "t.csv")
         declare.basic_publish("", queue, task.encode(), task.properties())
     declare.close()
-    c, _info = broker.consume(conn, settings, prefetch=10, fast_ack=True)
+    c, _info = consume(conn, settings, prefetch=10, fast_ack=True)
     wait_for("3 deliveries", lambda: len(c.deliveries) >= 3 or c.pump(0.05))
     yield c
     c.close()
@@ -59,7 +61,7 @@ def test_the_fast_ack_runs_on_the_installed_pika_and_the_broker_takes_its_acks(
     assert fast is not None, (
         f"the fast ack stepped aside on pika {pika.__version__}: "
         f"{fastack.self_check(consumer.connection)}\n"
-        "Run the worker tests, then add the version to TESTED_PIKA in utils/fastack.py "
+        "Run the worker tests, then add the version to TESTED_PIKA in worker/fastack.py "
         "and to the pika range in pyproject.toml and requirements.txt; or mend the fast ack."
     )
     impl = consumer.connection._impl

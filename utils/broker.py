@@ -5,7 +5,8 @@ publisher itself, and asks this module what its errors mean. Every function and 
 here raises only the errors of utils.errors: ConnectionLost when the connection or
 channel goes, PublishRefused when the broker will not take a confirmed copy, and the
 named errors for a broker that cannot be reached, a refused login, or a queue we cannot
-use.
+use. Code elsewhere that drives a channel itself (the worker's consumer, `tasks purge`)
+does so inside queue_errors() or Channel.errors(), which turn pika's errors into ours.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from utils.errors import (
     QueueMismatch,
     TaskToolError,
 )
-from utils.fastack import open_fast_ack
 from utils.settings import Settings, TlsFiles, mask_url, url_host, url_vhost
 from utils.task import copy_properties
 
@@ -576,18 +576,6 @@ def probe_queue_type(connection: pika.BlockingConnection, name: str) -> str:
 
 
 @_our_errors
-def purge_queue(connection: pika.BlockingConnection, name: str) -> int:
-    """Remove every ready message from a queue; returns how many went."""
-    channel = connection.channel()
-    try:
-        ok = channel.queue_purge(name)
-    except px.ChannelClosedByBroker as exc:
-        raise _queue_error(exc, name) from None
-    channel.close()
-    return int(ok.method.message_count)
-
-
-@_our_errors
 def ensure_queue(connection: pika.BlockingConnection, name: str) -> None:
     """Make sure a durable side queue (e.g. `<queue>.dead`) exists, as it is if it does."""
     _ensure(connection, name)
@@ -644,6 +632,19 @@ def publish_copy(
         raise _lost(exc) from None
 
 
+@contextlib.contextmanager
+def queue_errors(name: str) -> Iterator[None]:
+    """Within it, pika's errors become ours: the broker closing the channel over queue `name`
+    is the queue error it means (exclusive, access refused...), and a lost connection or
+    channel is ConnectionLost. For code outside this module that drives a channel itself."""
+    try:
+        yield
+    except px.ChannelClosedByBroker as exc:
+        raise _queue_error(exc, name) from None
+    except _LOST_ERRORS as exc:
+        raise _lost(exc) from None
+
+
 class Channel:
     """A channel whose calls raise only our errors: ack, nack and reject, and basic_get."""
 
@@ -661,40 +662,38 @@ class Channel:
                 return _lost(reason)
         return _lost(exc) if exc is not None else ConnectionLost("the channel was closed")
 
-    def ack(self, tag: int, multiple: bool = False) -> None:
-        """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Within it, a lost connection or channel is ConnectionLost, with the broker's reason."""
         try:
-            self._channel.basic_ack(tag, multiple=multiple)
+            yield
         except _LOST_ERRORS as exc:
             raise self._lost_error(exc) from None
+
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
+        with self.errors():
+            self._channel.basic_ack(tag, multiple=multiple)
 
     def nack(self, tag: int) -> None:
         """Give one delivery back to its queue (a quorum queue counts it as a delivery)."""
-        try:
+        with self.errors():
             self._channel.basic_nack(tag, requeue=True)
-        except _LOST_ERRORS as exc:
-            raise self._lost_error(exc) from None
 
     def reject(self, tag: int) -> None:
         """Give one delivery back to its queue, unfinished."""
-        try:
+        with self.errors():
             self._channel.basic_reject(tag, requeue=True)
-        except _LOST_ERRORS as exc:
-            raise self._lost_error(exc) from None
 
     def give_back_all(self) -> None:
         """Give every delivery this channel holds unacked back to its queue."""
-        try:
+        with self.errors():
             self._channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-        except _LOST_ERRORS as exc:
-            raise self._lost_error(exc) from None
 
     def get(self, queue: str) -> Delivery | None:
         """Take one message from `queue`, unacked (basic_get); None when it is empty."""
-        try:
+        with self.errors():
             method, properties, body = self._channel.basic_get(queue, auto_ack=False)
-        except _LOST_ERRORS as exc:
-            raise self._lost_error(exc) from None
         return None if method is None else (method, properties, body)
 
 
@@ -704,43 +703,35 @@ def open_channel(connection: pika.BlockingConnection) -> Channel:
     return Channel(connection, connection.channel())
 
 
-class Consumer(Channel):
-    """A channel consuming the work queue: deliveries are buffered for the caller to take.
+class Consuming(Channel):
+    """A channel consuming one queue or stream: `deliveries` are buffered for the caller.
 
     pump() runs pika's I/O (heartbeats included) and fills `deliveries`; the caller takes
-    them one at a time and settles each with ack, nack or reject.
+    them one at a time. The worker's consumer (worker/consumer.py) builds on it, and so does
+    the reader of the event stream (inspector/stream.py).
     """
 
     def __init__(
         self,
         connection: pika.BlockingConnection,
-        channel: BlockingChannel,
         queue: str,
-        fast_ack: bool = False,
+        channel: BlockingChannel | None = None,
     ) -> None:
-        super().__init__(connection, channel)
+        with queue_errors(queue):
+            super().__init__(connection, channel or connection.channel())
         self.queue = queue
         self.deliveries: deque[Delivery] = deque()
         self._tag: str | None = None
         self._cancelled_by_broker = False
-        self._dropped = False
-        #: Acks written to the socket directly (utils/fastack.py), or None: basic_ack only.
-        self._fast = open_fast_ack(connection, channel) if fast_ack else None
 
-    def ack(self, tag: int, multiple: bool = False) -> None:
-        """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
-        fast = self._fast
-        if fast is not None:
-            try:
-                if fast.ack(tag, multiple):
-                    return
-            except _LOST_ERRORS as exc:
-                raise self._lost_error(exc) from None
-        super().ack(tag, multiple)
-
-    def _start(self, prefetch: int) -> None:
-        self._channel.basic_qos(prefetch_count=prefetch)
-        self._tag = self._channel.basic_consume(self.queue, self._on_delivery)
+    def start(self, prefetch: int, arguments: dict[str, Any] | None = None) -> None:
+        """Consume the queue with this prefetch (and consumer `arguments`)."""
+        with queue_errors(self.queue), answer_within(self.connection, "basic.consume"):
+            # A stream refuses a consumer without a prefetch.
+            self._channel.basic_qos(prefetch_count=prefetch)
+            self._tag = self._channel.basic_consume(
+                self.queue, self._on_delivery, arguments=arguments
+            )
         # The broker cancels our consumer when the queue is deleted (or its node is
         # lost); without this we would wait for deliveries that can never come.
         self._channel.add_on_cancel_callback(self._on_broker_cancel)
@@ -759,10 +750,8 @@ class Consumer(Channel):
         either), or when the broker cancelled our consumer (once the deliveries already here,
         which can still be acked, are taken).
         """
-        try:
+        with self.errors():
             self.connection.process_data_events(time_limit=seconds)
-        except _LOST_ERRORS as exc:
-            raise self._lost_error(exc) from None
         # pika's process_data_events() does not raise for a channel the broker closed (a
         # consumer_timeout, say): a task still running learns of it here, within a pump.
         if not self._channel.is_open:
@@ -772,77 +761,6 @@ class Consumer(Channel):
                 "the broker cancelled our consumer: the queue was deleted, or the node "
                 "holding it went away; declaring it again"
             )
-
-    def wake_every(self, seconds: float) -> None:
-        """Make pump(None) return at least every `seconds`, for as long as the connection is open.
-
-        With this timer in place, waiting for a delivery needs no time limit, which spares
-        pika a timer per wait (a measurable share of a very short task's cost).
-        """
-        conn = self.connection
-
-        def wake() -> None:
-            if conn.is_open and not self._dropped:
-                conn.call_later(seconds, wake)
-
-        conn.call_later(seconds, wake)
-
-    def cancel(self) -> None:
-        """Stop the deliveries, and give back those that came but were not taken yet."""
-        if self._tag is None:
-            return
-        tag, self._tag = self._tag, None
-        if not (self.connection.is_open and self._channel.is_open):
-            raise self._lost_error()  # pika asserts on cancelling a consumer of a closed channel
-        try:
-            with answer_within(self.connection, "basic.cancel"):
-                leftovers = self._channel.basic_cancel(tag)
-            for _ch, method, _props, _body in leftovers or ():
-                self._channel.basic_nack(method.delivery_tag, requeue=True)
-            for method, _props, _body in self.deliveries:
-                self._channel.basic_nack(method.delivery_tag, requeue=True)
-            self.deliveries.clear()
-        except _LOST_ERRORS as exc:
-            raise self._lost_error(exc) from None
-
-    def close(self) -> None:
-        """Cancel the consumer and close the connection; never raises."""
-        with contextlib.suppress(ConnectionLost):  # closing gives back what we hold anyway
-            self.cancel()
-        self.drop()
-
-    def drop(self) -> None:
-        """Close the connection without a word to the broker first (it is lost, or going)."""
-        self._dropped = True
-        self._tag = None
-        self.deliveries.clear()  # unacked: the broker gives them back
-        try:
-            self.connection.close()
-        except Exception as exc:  # it is going away anyway; nothing of ours is left on it
-            log.debug("dropping a connection: %r", exc)
-
-
-def consume(
-    connection: pika.BlockingConnection,
-    settings: Settings,
-    *,
-    prefetch: int,
-    fast_ack: bool = False,
-) -> tuple[Consumer, QueueInfo]:
-    """Declare the work queue (see declare_queue) and consume it with this prefetch.
-
-    `fast_ack`: write acks to the socket directly where it can (utils/fastack.py).
-    """
-    channel, info = declare_queue(connection, settings)
-    consumer = Consumer(connection, channel, settings.queue, fast_ack)
-    try:
-        with answer_within(connection, "basic.consume"):
-            consumer._start(prefetch)
-    except px.ChannelClosedByBroker as exc:
-        raise _queue_error(exc, settings.queue) from None
-    except _LOST_ERRORS as exc:
-        raise _lost(exc) from None
-    return consumer, info
 
 
 def _queue_error(exc: px.ChannelClosedByBroker, name: str) -> TaskToolError:
@@ -1011,37 +929,3 @@ class StreamPublisher:
             raise _lost(exc) from None
         if not self._channel.is_open:
             raise ConnectionLost("the broker closed the event stream's channel")
-
-
-class StreamConsumer(Consumer):
-    """A consumer of a stream from an offset ("first", a number or a time), with acks.
-
-    Each delivery's `x-stream-offset` header says where it is in the stream.
-    """
-
-    def ack_upto(self, tag: int) -> None:
-        """Acknowledge every delivery up to this tag (a stream consumer's credit)."""
-        try:
-            self._channel.basic_ack(tag, multiple=True)
-        except _LOST_ERRORS as exc:
-            raise self._lost_error(exc) from None
-
-
-@_our_errors
-def consume_stream(
-    connection: pika.BlockingConnection, name: str, *, offset: Any, prefetch: int
-) -> StreamConsumer:
-    """Consume the stream `name` from `offset`; deliveries come into .deliveries by pump()."""
-    channel = connection.channel()
-    consumer = StreamConsumer(connection, channel, name)
-    try:
-        channel.basic_qos(prefetch_count=prefetch)  # streams refuse a consumer without one
-        consumer._tag = channel.basic_consume(
-            name, consumer._on_delivery, arguments={"x-stream-offset": offset}
-        )
-    except px.ChannelClosedByBroker as exc:
-        if exc.reply_code == NOT_FOUND:
-            raise QueueMismatch(f"there is no stream '{name}' on the broker", "") from None
-        raise _queue_error(exc, name) from None
-    channel.add_on_cancel_callback(consumer._on_broker_cancel)
-    return consumer

@@ -17,9 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any
-
-from utils.terminal import Terminal
+from typing import Any, Protocol
 
 _BARE = re.compile(r'^[^\s"=]+\Z')  # \Z: $ would let a trailing newline through
 #: key=value (a JSON string, or bare up to the next space) and the spaces after it; else
@@ -122,15 +120,6 @@ def shorten(text: str, limit: int = BODY_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_human(event: str, **fields: Any) -> str:
-    """The terminal form of an event as a pipe gets it (utils/terminal.py): one plain line.
-
-    23:59:01 started       row 3     Task 3 ..
-    23:59:04 shutdown_warm row 3     warm stop (1 of 2): finishing the current task, ...
-    """
-    return _file_and_terminal_lines(now_iso(), event, fields, Terminal())[1]
-
-
 def _file_line(ts: str, event: str, fields: dict[str, Any]) -> str:
     """The log-file line of one event (no terminal line: the busy worker's path).
 
@@ -167,6 +156,14 @@ def _file_and_terminal_lines(
     return _file_line(ts, event, fields), terminal.line(ts, event, fields)
 
 
+class Terminal(Protocol):
+    """Where a person reads events: the worker's layout (worker/terminal.py) is one."""
+
+    def line(self, ts: str, event: str, fields: dict[str, Any]) -> str:
+        """The person's form of one event ("" to show nothing for it)."""
+        ...
+
+
 class EventLog:
     """Writes event lines to a rotating file and, optionally, to the terminal."""
 
@@ -186,7 +183,7 @@ class EventLog:
         self.echo = echo
         self._size = path.stat().st_size if path.exists() else 0
         self._pending: list[tuple[str, dict[str, Any], str]] = []
-        #: Echo a person's form of each event (utils/terminal.py) instead of the file's line.
+        #: Echo a person's form of each event (worker/terminal.py) instead of the file's line.
         self.terminal = terminal
         #: Called with the text of each write to the file (one or more lines, no final
         #: newline), and True when it was an event written at once rather than deferred:

@@ -16,7 +16,16 @@ import click
 
 from utils.broker import quiet_pika
 from utils.errors import ExitCode, TaskToolError
-from utils.events import DEFAULT_MAX_AGE, EventsConfig, check_max_age, parse_size
+from utils.events import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BYTES,
+    EventsConfig,
+    EventStream,
+    check_max_age,
+    open_event_stream,
+    parse_size,
+)
+from utils.logformat import EventLog
 from utils.settings import (
     DEFAULT_QUEUE,
     DEFAULT_URL,
@@ -164,11 +173,12 @@ def management_url_option(f: F) -> F:
     return click.option(
         "--management-url",
         envvar="TASK_MANAGEMENT_URL",
+        cls=EnvOption,
         metavar="URL",
         expose_value=False,
         callback=_remember,
-        help="The management API, to check the queue's policy (env TASK_MANAGEMENT_URL). "
-        "[default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
+        help="The management API, for what AMQP cannot tell: the policy in force, rates, "
+        "consumers. [default: http://HOST:(AMQP port + 10000)/ with the AMQP URL's user and password]",
     )(f)
 
 
@@ -228,18 +238,17 @@ def handle_errors(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _max_age(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        return check_max_age(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+def _kept_for_events(check: Callable[[Any], Any]) -> Callable[..., None]:
+    """A callback that checks an events option and keeps it for open_events(), out of the
+    command's signature (as the TLS files are)."""
 
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        try:
+            ctx.meta.setdefault("events", {})[param.name] = check(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
 
-def _max_bytes(ctx: click.Context, param: click.Parameter, value: str | int) -> int:
-    try:
-        return value if isinstance(value, int) else parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return callback
 
 
 def events_options(f: F) -> F:
@@ -251,6 +260,8 @@ def events_options(f: F) -> F:
             envvar="TASK_EVENTS",
             default=True,
             show_default=True,
+            expose_value=False,
+            callback=_kept_for_events(bool),
             help="Also send every logged event to the stream <queue>.events on the broker, "
             "so that 'tasks report --source broker' sees it from anywhere (env TASK_EVENTS; "
             "0 turns it off). The local log is written either way.",
@@ -260,7 +271,8 @@ def events_options(f: F) -> F:
             envvar="TASK_EVENTS_MAX_AGE",
             default=DEFAULT_MAX_AGE,
             show_default=True,
-            callback=_max_age,
+            expose_value=False,
+            callback=_kept_for_events(check_max_age),
             metavar="AGE",
             help="Events older than this are dropped from a stream we create: 7D, 12h, 30m, "
             "1Y ... (env TASK_EVENTS_MAX_AGE). An existing stream is used as it is.",
@@ -270,7 +282,8 @@ def events_options(f: F) -> F:
             envvar="TASK_EVENTS_MAX_BYTES",
             default="1GB",
             show_default=True,
-            callback=_max_bytes,
+            expose_value=False,
+            callback=_kept_for_events(lambda v: v if isinstance(v, int) else parse_size(v)),
             metavar="SIZE",
             help="The oldest events are dropped from a stream we create beyond this size: "
             "500MB, 1GB ... (env TASK_EVENTS_MAX_BYTES).",
@@ -281,6 +294,13 @@ def events_options(f: F) -> F:
     return f
 
 
-def make_events_config(events: bool, max_age: str, max_bytes: int) -> EventsConfig:
-    """The events settings of a command, from its options."""
-    return EventsConfig(enabled=events, max_age=max_age, max_bytes=max_bytes)
+def open_events(settings: Settings, source: str, log: EventLog) -> EventStream | None:
+    """The command's event stream, as its --events options say, attached to its log (None
+    with --no-events)."""
+    kept = click.get_current_context().meta.get("events", {})
+    config = EventsConfig(
+        enabled=kept.get("events", True),
+        max_age=kept.get("events_max_age", DEFAULT_MAX_AGE),
+        max_bytes=kept.get("events_max_bytes", DEFAULT_MAX_BYTES),
+    )
+    return open_event_stream(settings, config, source, log)

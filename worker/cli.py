@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from utils.errors import ExitCode, TaskToolError
-from utils.events import open_event_stream
 from utils.logformat import EventLog
 from utils.options import (
     EnvOption,
@@ -21,13 +20,13 @@ from utils.options import (
     consumer_timeout_option,
     events_options,
     handle_errors,
-    make_events_config,
     make_settings,
     management_url_option,
+    open_events,
 )
-from utils.terminal import Terminal
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
+from worker.terminal import Terminal
 
 
 def default_name() -> str:
@@ -124,9 +123,6 @@ def main(
     heartbeat,
     fast_ack,
     quiet,
-    events,
-    events_max_age,
-    events_max_bytes,
     urls,
     queue,
     queue_type,
@@ -159,8 +155,7 @@ def main(
     path = log_path(log_dir, name)
     terminal = Terminal.for_stream(sys.stderr, path)
     log = EventLog(path, echo=not quiet, terminal=terminal)
-    config = make_events_config(events, events_max_age, events_max_bytes)
-    stream = open_event_stream(settings, config, f"work-{name}", log)
+    stream = open_events(settings, f"work-{name}", log)
     worker = Worker(settings, opts, handler, log)
 
     def on_signal(signum: int, frame: object) -> None:

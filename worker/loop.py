@@ -25,6 +25,7 @@ from utils.logformat import EventLog, shorten
 from utils.management import queue_warnings
 from utils.settings import Settings, url_host
 from utils.task import H_DELIVERY_COUNT, DecodeError, Task, delivery_ids
+from worker.consumer import Consumer, consume
 from worker.handlers import Handler
 from worker.running import TaskRunner
 from worker.settle import (
@@ -61,7 +62,7 @@ class WorkerOptions:
     heartbeat: int | None = None
     task_timeout: float | None = None
     max_attempts: int = 3
-    fast_ack: bool = True  # utils/fastack.py; False (WORK_FAST_ACK=0): basic_ack only
+    fast_ack: bool = True  # worker/fastack.py; False (WORK_FAST_ACK=0): basic_ack only
 
 
 class _StopWhileReconnecting(Exception):
@@ -172,13 +173,13 @@ class Worker:
                     self.tally.stop = self._stop.describe("while reconnecting")
                     return self.tally
 
-    def _connect(self, first: bool) -> broker.Consumer:
+    def _connect(self, first: bool) -> Consumer:
         conn, url = broker.connect(
             self.settings, heartbeat=self.opts.heartbeat, client_name=f"work {self.opts.name}"
         )
         self._node = url_host(url)
         try:
-            consumer, info = broker.consume(
+            consumer, info = consume(
                 conn, self.settings, prefetch=self.opts.prefetch, fast_ack=self.opts.fast_ack
             )
         except TaskToolError:
@@ -226,7 +227,7 @@ class Worker:
         ids = task.ids() if task else {}
         self.log.event("connection_lost", worker=self.opts.name, **ids, reason=reason, note=note)
 
-    def _log_dropped(self, consumer: broker.Consumer, reason: str) -> None:
+    def _log_dropped(self, consumer: Consumer, reason: str) -> None:
         """Name each delivery that came but was not started, as the connection goes with it."""
         for _method, properties, body in consumer.deliveries:
             tid, row, run = delivery_ids(properties, body)
@@ -247,7 +248,7 @@ class Worker:
         n = self._settler.settled + (1 if after_one_more else 0)
         return self.opts.max_tasks is not None and n >= self.opts.max_tasks
 
-    def _consume(self, consumer: broker.Consumer) -> None:
+    def _consume(self, consumer: Consumer) -> None:
         """Take deliveries one at a time until a stop, --max-tasks or --exit-when-idle."""
         idle_since = time.monotonic()
         deliveries = consumer.deliveries
@@ -279,7 +280,7 @@ class Worker:
             self.tally.stop = f"max tasks ({self.opts.max_tasks}) reached"
 
     # -- one delivery -------------------------------------------------------------------------
-    def _handle(self, consumer: broker.Consumer, delivery: broker.Delivery) -> None:
+    def _handle(self, consumer: Consumer, delivery: broker.Delivery) -> None:
         """Decode, run and settle one delivery, logging its outcome."""
         method, properties, body = delivery
         name = self.opts.name

@@ -11,9 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from utils import broker
 from utils.errors import ConnectionLost
 from utils.task import Task
+from worker.consumer import Consumer
 from worker.handlers import Cancelled, Handler, TaskFailed
 from worker.settle import Outcome
 from worker.stop import TICK, TwoStageStop
@@ -41,7 +41,7 @@ class TaskRunner:
         self.on_lost = on_lost
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="task")
 
-    def run(self, task: Task, consumer: broker.Consumer) -> tuple[Outcome, str]:
+    def run(self, task: Task, consumer: Consumer) -> tuple[Outcome, str]:
         """Run the handler, pumping heartbeats while it works; (outcome, output or reason)."""
         self.cancel.clear()
         future = self._pool.submit(self.handler, task, self.cancel)
@@ -100,7 +100,7 @@ class TaskRunner:
                     # Otherwise finish the task all the same; its ack will fail and say so.
 
     def _abandon_if_stuck(
-        self, future: cf.Future[str], task: Task, consumer: broker.Consumer, lost: bool
+        self, future: cf.Future[str], task: Task, consumer: Consumer, lost: bool
     ) -> bool:
         """Give a handler that ignores cancel ABANDON_AFTER s (pumping), then leave it behind."""
         end = time.monotonic() + ABANDON_AFTER

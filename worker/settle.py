@@ -17,6 +17,7 @@ from utils.errors import ConnectionLost
 from utils.logformat import EventLog, shorten
 from utils.plural import plural
 from utils.task import H_ATTEMPT, H_REASON
+from worker.consumer import Consumer
 
 #: How many finished-but-unacked task ids a worker remembers.
 DONE_UNACKED_MAX = 1000
@@ -198,7 +199,7 @@ class Settler:
         self._endings: dict[str, str] = {}
         #: The consumer on whose connection we last made sure the dead-letter queue exists
         #: (it may have gone with a broker that restarted).
-        self._dead_declared_on: broker.Consumer | None = None
+        self._dead_declared_on: Consumer | None = None
         #: (tag, ids) of finished tasks whose ack waits for the next one (see settle's
         #: `later`), oldest first.
         self._unsent: list[tuple[int, dict[str, Any]]] = []
@@ -228,7 +229,7 @@ class Settler:
     def settle(
         self,
         decision: Decision,
-        consumer: broker.Consumer,
+        consumer: Consumer,
         delivery: broker.Delivery,
         ids: dict[str, Any],
         last: bool = False,
@@ -297,7 +298,7 @@ class Settler:
                 "'tasks dead --requeue' retries it",
             )
 
-    def send_acks(self, consumer: broker.Consumer) -> None:
+    def send_acks(self, consumer: Consumer) -> None:
         """Send the acks that wait (see settle's `later`), then write their deferred lines."""
         if not self._unsent:
             return
@@ -332,7 +333,7 @@ class Settler:
     def _before_the_ack(
         self,
         decision: Decision,
-        consumer: broker.Consumer,
+        consumer: Consumer,
         properties: Any,
         body: bytes,
         ids: dict[str, Any],

@@ -89,15 +89,14 @@ def queue_json(s: Status) -> dict[str, Any]:
 class QueueWatch:
     """Asks the broker about the queue every QUEUE_EVERY s; keeps the latest answer."""
 
-    def __init__(self, settings: Settings, management_url: str | None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.management_url = management_url
         self.latest: dict[str, Any] | None = None
 
     def check(self) -> dict[str, Any]:
         """One look at the queue, or what went wrong."""
         try:
-            self.latest = queue_json(gather(self.settings, self.management_url))
+            self.latest = queue_json(gather(self.settings, self.settings.management_url))
         except TaskToolError as exc:
             self.latest = self._error(exc.message)
         except Exception as exc:  # a surprise from the client library: say it, keep watching
