@@ -233,7 +233,8 @@ def work_section(r: dict[str, Any]) -> list[str]:
         "task to the last `done` line, so process start-up is left out. The baseline, "
         "`bench/baseline_consume.py`, is a pika `BlockingConnection` consumer with the same "
         "prefetch that acks in its callback and logs nothing, timed from its first delivery "
-        "to its last ack. Broker CPU is the node's CPU time over the run's wall time "
+        "to its last ack; it runs before the workers in odd repetitions and after them in "
+        "even ones. Broker CPU is the node's CPU time over the run's wall time "
         "(1.00 = one of the machine's cores).",
         "",
     ]

@@ -458,11 +458,17 @@ class Bench:
             base: list[float] = []
             runs: dict[int, list[dict[str, float]]] = {w: [] for w in counts}
             for rep in range(p.reps):
-                base.append(self.baseline_consume(prefetch))
-                line = [f"baseline {base[-1]:,.0f}/s"]
+                # The baseline and the workers take turns going first, so that neither is
+                # always the one run just after the previous run's clean-up.
+                line = []
+                if rep % 2 == 0:
+                    base.append(self.baseline_consume(prefetch))
                 for w in counts if prefetch == 1 else [1]:
                     runs[w].append(self.work_run(w, prefetch))
                     line.append(f"{w} worker(s) {runs[w][-1]['rate']:,.0f}/s")
+                if rep % 2 == 1:
+                    base.append(self.baseline_consume(prefetch))
+                line.insert(0, f"baseline {base[-1]:,.0f}/s")
                 say(f"work prefetch {prefetch} rep {rep + 1}: " + ", ".join(line))
             one = [r["rate"] for r in runs[1]]
             out[f"prefetch-{prefetch}"] = {

@@ -9,7 +9,6 @@ and the tests' own, is RabbitMQ 4; the `broker_version` fixture says what the br
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -134,17 +133,6 @@ class Node:
         r = self._run("ctl", *args)
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout
-
-    def freeze(self) -> None:
-        """SIGSTOP the node: its sockets stay open, and nothing it is asked gets an answer."""
-        os.kill(self._pid(), signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        os.kill(self._pid(), signal.SIGCONT)
-
-    def _pid(self) -> int:
-        prefix = "rmq4-" if os.environ.get("BROKER_RABBITMQ") == "4" else ""
-        return int((ROOT / ".broker" / f"{prefix}{self.port}" / "rabbit.pid").read_text())
 
     def wipe(self) -> None:
         """Forget the node's data, so the next start is a fresh node."""

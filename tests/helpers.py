@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -297,3 +299,46 @@ def broker_report(env: dict[str, str], run_id: str, cwd: Path | None = None) -> 
     )
     assert r.returncode in (0, 1), r.stdout + r.stderr
     return json.loads(r.stdout)["runs"][-1]  # type: ignore[no-any-return]
+
+
+class Relay:
+    """A TCP relay to the broker that can hold back the broker's answers (stall) and pass
+    them on again (resume): a node that keeps the connection open and answers nothing."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self._to = (host, port)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._answering = threading.Event()
+        self._answering.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self) -> None:
+        self._answering.clear()
+
+    def resume(self) -> None:
+        self._answering.set()
+
+    def close(self) -> None:
+        self._server.close()
+        self._answering.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self._to)
+            for src, dst, held in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(src, dst, held), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, held: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if held:
+                    self._answering.wait()
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
