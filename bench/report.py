@@ -440,7 +440,8 @@ def render(r: dict[str, Any], notes: str = "") -> str:
         f"Measured {r['date']} by `{r['command']}` in {r['seconds']:.0f} s{load(r)}"
         + (" (**--quick sizes: not a real measurement**)" if r.get("quick") else "")
         + ". Every figure is the median of "
-        f"{plan.get('reps', '?')} repetitions with the min-max in brackets, and every "
+        f"{plan.get('reps', '?')} repetitions ({plan.get('work_reps', plan.get('reps', '?'))} "
+        "in the work section) with the min-max in brackets, and every "
         "comparison is a ratio against a baseline measured in the same run, repetition by "
         "repetition.",
         "",

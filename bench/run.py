@@ -53,6 +53,9 @@ class Plan:
     # 10,000 rather than the 20,000: the rate is taken while every worker is busy,
     # so the count only sets how long that lasts; 20,000 would not fit in 10 minutes.
     work_tasks: int = 10_000
+    # The work section's repetitions: one worker against the bare consumer at prefetch 1
+    # moves by +-10% from one repetition to the next on a 2-core machine, so 3 say little.
+    work_reps: int = 5
     fair_seconds_per_dot: float = 0.05
     fair_workers: int = 3
     mem_emit_rows: tuple[int, int] = (100_000, 1_000_000)
@@ -68,6 +71,7 @@ QUICK = Plan(
     per_row_rows=100,
     confirm_each_rows=200,
     work_tasks=1_000,
+    work_reps=3,
     mem_emit_rows=(1_000, 10_000),
     mem_worker_tasks=(100, 2_000),
     scaling_workers=(1, 2),
@@ -457,7 +461,7 @@ class Bench:
         for prefetch in (1, 10):
             base: list[float] = []
             runs: dict[int, list[dict[str, float]]] = {w: [] for w in counts}
-            for rep in range(p.reps):
+            for rep in range(p.work_reps):
                 # The baseline and the workers take turns going first, so that neither is
                 # always the one run just after the previous run's clean-up.
                 line = []
