@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import shlex
+import shutil
 import sys
+import textwrap
 import webbrowser
 from urllib.parse import quote, urlsplit
 
@@ -236,7 +238,13 @@ def main(
     r = report.result
     if r.error or r.unroutable or r.nacked:
         raise failure_summary(report)
-    click.echo(summary_line(report, queue))
+    line = summary_line(report, queue)
+    if sys.stdout.isatty():  # wrapped at the terminal's width, as `tasks report` wraps
+        width = shutil.get_terminal_size().columns
+        line = "\n".join(
+            textwrap.wrap(line, width - 1, subsequent_indent="  ", break_long_words=False)
+        )
+    click.echo(line)
     if report.queue_note and not quiet:
         click.echo(f"note: {report.queue_note}", err=True)
     for line in queue_warnings(report, queue, quiet):
