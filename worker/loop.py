@@ -65,10 +65,6 @@ class WorkerOptions:
     fast_ack: bool = True  # worker/fastack.py; False (WORK_FAST_ACK=0): basic_ack only
 
 
-class _StopWhileReconnecting(Exception):
-    """A stop asked for while a reconnect was waiting on the broker."""
-
-
 class Worker:
     """One worker process: consume, run, settle; survive what can be survived."""
 
@@ -77,7 +73,6 @@ class Worker:
         self.opts = opts
         self.log = log
         self.tally = WorkerTally()
-        self._reconnecting = False  # a stop request ends a reconnect's wait (request_stop)
         self._stop = TwoStageStop(log, opts.name, threading.Event())
         self._runner = TaskRunner(handler, opts.task_timeout, self._stop, self._lost_mid_task)
         self._settler = Settler(settings.queue, opts.name, opts.max_attempts, log, self.tally)
@@ -94,13 +89,10 @@ class Worker:
     def request_stop(self) -> None:
         """First call: warm stop (finish the task). Second: cold stop (give it back).
 
-        Safe in a signal handler: it only moves the stage on, except while reconnecting,
-        when pika may wait for a broker that never answers (a RabbitMQ 4 quorum queue whose
-        leader was just killed): then it ends the wait, as no task is held meanwhile.
+        Safe in a signal handler: it only moves the stage on. A reconnect that waits on a
+        broker that does not answer ends within broker.ANSWER_WITHIN, then sees the stop.
         """
         self._stop.request()
-        if self._reconnecting:
-            raise _StopWhileReconnecting
 
     # -- connect, consume, reconnect ----------------------------------------------------------
     def run(self) -> WorkerTally:
@@ -109,18 +101,11 @@ class Worker:
         first = True
         attempt = 0
         while True:
-            self._reconnecting = not first
             try:
                 consumer = self._connect(first)
-            except _StopWhileReconnecting:
-                self._reconnecting = False
-                self.tally.stop = self._stop.describe("while reconnecting")
-                return self.tally
             except (AccessRefused, QueueMismatch):
-                self._reconnecting = False
                 raise
             except TaskToolError as exc:
-                self._reconnecting = False
                 # At start, a broker that does not answer is said at once (exit 3); one that
                 # answered, then closed on us while we declared (RabbitMQ 4 can answer
                 # 541 INTERNAL_ERROR to workers declaring the same new queue at once), is
@@ -140,7 +125,6 @@ class Worker:
                     self.tally.stop = self._stop.describe("while reconnecting")
                     return self.tally
                 continue
-            self._reconnecting = False
             if not first:
                 self.log.event(
                     "reconnected",
