@@ -34,6 +34,8 @@ PREFETCH = 100
 ACK_EVERY = 25
 #: Give up when nothing at all arrives for this long before the end marker (seconds).
 STALL = 60.0
+#: Wait between tries of the end marker, refused while a stream has no leader (seconds).
+MARK_RETRY = 1.0
 #: Read from this long before a run's start, for clocks that disagree (the broker stamps
 #: the stream's chunks with its own time).
 CLOCK_MARGIN = timedelta(minutes=10)
@@ -84,6 +86,33 @@ def iter_events(
             yield fields
 
 
+def _mark_end(
+    settings: Settings, conn: broker.Connection, name: str, mark: str
+) -> broker.Connection:
+    """Append the end marker and wait for its confirm; returns the connection to go on with.
+
+    Its confirm waits for the stream to have a leader (one is elected after a node is
+    lost), for as long as we would wait for the stream's news. Until then a cluster may
+    also refuse it outright (506 "Stream coordinator unavailable" closes the channel):
+    each refusal or lost connection is tried again on a new connection, once a second.
+    """
+    deadline = time.monotonic() + STALL
+    while True:
+        try:
+            left = max(1.0, deadline - time.monotonic())
+            broker.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {}, left)
+            return conn
+        except ConnectionLost as exc:
+            conn.close()
+            if time.monotonic() + MARK_RETRY >= deadline:
+                raise BrokerUnavailable(
+                    f"could not mark the end of the stream '{name}' in {STALL:g} s: {exc.message}",
+                    "the broker may be overloaded or a node down; try again",
+                ) from None
+            time.sleep(MARK_RETRY)
+            conn, _url = broker.connect(settings, client_name="tasks report")
+
+
 def _lines(
     settings: Settings, since: datetime | None, *, follow: bool, read: StreamRead | None
 ) -> Iterator[tuple[str, int, dict[str, str] | None, str]]:
@@ -100,15 +129,7 @@ def _lines(
         mark = ""
         if not follow:
             mark = f"mark.{secrets.token_hex(8)}"
-            # Its confirm waits for the stream to have a leader (one is elected after a
-            # node is lost): as long as we would wait for the stream's news below.
-            try:
-                broker.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {}, STALL)
-            except ConnectionLost as exc:
-                raise BrokerUnavailable(
-                    f"could not mark the end of the stream '{name}': {exc.message}",
-                    "the broker may be overloaded or a node down; try again",
-                ) from None
+            conn = _mark_end(settings, conn, name, mark)
         offset: Any = "first" if since is None else since - CLOCK_MARGIN
         consumer = broker.Consuming(conn, name)
         consumer.start(PREFETCH, {"x-stream-offset": offset})
