@@ -137,3 +137,36 @@ def test_double_sigint_is_a_cold_stop_and_another_worker_does_the_redelivered_ta
     assert names(logs / "worker-b.log").count("done") == 1
     audit = summarise_run(latest_run(read_logs(logs))).audit
     assert audit.missing == [] and audit.once == [1]
+
+
+def test_a_reconnecting_worker_consumes_at_once_without_declaring_the_queue_again(
+    make_node, work_env, logs, tmp_path
+):
+    """A reconnect consumes the queue its first connection found, with no declaration (a
+    RabbitMQ 4 node may leave one unanswered for minutes after a quorum queue's leader is
+    lost). Seen for real: once the worker's user may no longer configure the queue, a
+    declaration is refused (403), yet the worker reconnects and goes on working."""
+    node = make_node()
+    queue = work_env["TASK_QUEUE"]
+    node.ctl("add_user", "operator", "secret-pw")
+    ours = f"^{queue}(\\.dead)?$"
+    write = f"^({queue}(\\.dead)?|amq\\.default)$"  # a copy goes by the default exchange
+    node.ctl("set_permissions", "-p", "/", "operator", ours, write, ours)
+    env = {
+        **work_env,
+        "AMQP_URL": f"amqp://operator:secret-pw@localhost:{node.port}/%2F",
+        "TASK_EVENTS": "0",
+    }
+    w = spawn("work", "--name", "r", "--max-tasks", "1", env=env, out=tmp_path / "r.out")
+    log = logs / "worker-r.log"
+    wait_for_event(log, "worker_ready", alive=w)
+    # It may still read and write the queue, but no longer declare it.
+    node.ctl("set_permissions", "-p", "/", "operator", "^$", write, ours)
+    node.ctl("close_all_connections", "test closes it")
+    wait_for_event(log, "reconnected", alive=w)
+    assert run("emit", "--message", "after .", env={**env, "AMQP_URL": node.url}).returncode == 0
+    assert w.wait() == 0, w.output()
+    assert [e["event"] for e in events(log) if e["event"] in ("done", "reconnect_failed")] == [
+        "done"
+    ]
+    assert queue_counts(node.url, queue) == (0, 0)

@@ -35,6 +35,7 @@ from utils.errors import (
     ConnectionLost,
     PublishRefused,
     QueueMismatch,
+    QueueNotFound,
     TaskToolError,
 )
 from utils.settings import Settings, TlsFiles, mask_url, url_host, url_vhost
@@ -775,6 +776,8 @@ def _queue_error(exc: px.ChannelClosedByBroker, name: str) -> TaskToolError:
             "grant this user configure, write and read permissions on the queue "
             "(rabbitmqctl set_permissions)",
         )
+    if exc.reply_code == NOT_FOUND:
+        return QueueNotFound(f"queue '{name}' is not there: {plain_reason(exc)}", "")
     return ChannelClosed(f"the broker closed the channel: {plain_reason(exc)}", "")
 
 

@@ -60,6 +60,10 @@ class ChannelClosed(TaskToolError):
     exit_code = ExitCode.CHANNEL_CLOSED
 
 
+class QueueNotFound(ChannelClosed):
+    """The broker closed the channel with 404: the queue is not there (any more)."""
+
+
 class ConnectionLost(TaskToolError):
     """The connection or channel went away mid-run; callers may reconnect.
 

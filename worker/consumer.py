@@ -10,7 +10,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from utils import broker
-from utils.errors import ConnectionLost
+from utils.errors import ConnectionLost, QueueNotFound
 from utils.settings import Settings
 from worker.fastack import open_fast_ack
 
@@ -24,14 +24,14 @@ class Consumer(broker.Consuming):
     def __init__(
         self,
         connection: pika.BlockingConnection,
-        channel: BlockingChannel,
+        channel: BlockingChannel | None,
         queue: str,
         fast_ack: bool = False,
     ) -> None:
         super().__init__(connection, queue, channel)
         self._dropped = False
         #: Acks written to the socket directly (worker/fastack.py), or None: basic_ack only.
-        self._fast = open_fast_ack(connection, channel) if fast_ack else None
+        self._fast = open_fast_ack(connection, self._channel) if fast_ack else None
 
     def ack(self, tag: int, multiple: bool = False) -> None:
         """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
@@ -95,11 +95,23 @@ def consume(
     *,
     prefetch: int,
     fast_ack: bool = False,
+    known: broker.QueueInfo | None = None,
 ) -> tuple[Consumer, broker.QueueInfo]:
     """Declare the work queue (broker.declare_queue) and consume it with this prefetch.
 
     `fast_ack`: write acks to the socket directly where it can (worker/fastack.py).
+    `known`: what an earlier connection found of the queue. A reconnect consumes at once,
+    with no declarations: after a quorum queue's leader is lost, a RabbitMQ 4 node may
+    leave a queue.declare on it unanswered for minutes while the queue itself works again
+    (docs/RELIABILITY.md). A queue deleted meanwhile (404) is declared as at first.
     """
+    if known is not None:
+        consumer = Consumer(connection, None, settings.queue, fast_ack)
+        try:
+            consumer.start(prefetch)
+            return consumer, known
+        except QueueNotFound:
+            pass  # that channel is closed; declare_queue opens its own
     channel, info = broker.declare_queue(connection, settings)
     consumer = Consumer(connection, channel, settings.queue, fast_ack)
     consumer.start(prefetch)

@@ -79,6 +79,7 @@ class Worker:
         self._instant = getattr(handler, "is_instant", None)
         self._lost_logged = False  # connection_lost already logged for this connection
         self._node = ""
+        self._queue: broker.QueueInfo | None = None  # what the first connect found of it
         self.queue_type = settings.queue_type
 
     @property
@@ -164,12 +165,17 @@ class Worker:
         self._node = url_host(url)
         try:
             consumer, info = consume(
-                conn, self.settings, prefetch=self.opts.prefetch, fast_ack=self.opts.fast_ack
+                conn,
+                self.settings,
+                prefetch=self.opts.prefetch,
+                fast_ack=self.opts.fast_ack,
+                known=None if first else self._queue,
             )
         except TaskToolError:
             conn.close()
             raise
         consumer.wake_every(TICK)
+        self._queue = info
         self.queue_type = info.queue_type
         if first:
             self.log.event(
