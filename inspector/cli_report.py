@@ -164,6 +164,8 @@ def report(
     untracked = summarise_untracked(logs.untracked)
     # What the stream knows that logs/ does not, said beside a report from the logs.
     elsewhere = _elsewhere(settings, pairs) if source == "logs" and not logs_only else []
+    if source == "broker":
+        elsewhere = _cut_short(logs, pairs)
     position = ""
     if not run_id and not every and len(every_run) > 1:
         position = f"the latest of {len(every_run)} in " + (
@@ -281,6 +283,28 @@ def _elsewhere(settings: Settings, pairs: list[tuple[Run, RunSummary]]) -> list[
             f"logs are not here ({names}); 'tasks report --source broker' shows them all"
         )
     return notes
+
+
+def _cut_short(logs: LogSet, pairs: list[tuple[Run, RunSummary]]) -> list[str]:
+    """A note for a report from the stream with rows missing, when workers' events end
+    without a stop: a worker killed with SIGKILL did not send its last moments' events
+    (docs/REPORT.md), so what it finished then has no `done` here but is done."""
+    if not any(s.audit.missing for _r, s in pairs):
+        return []
+    cut = sorted(
+        life.name
+        for life in logs.workers.values()
+        if life.ready and life.stopped_after(max(t for t, _q in life.ready)) is None
+    )
+    if not cut:
+        return []
+    names = ", ".join(cut[:5]) + (", ..." if len(cut) > 5 else "")
+    return [
+        f"note: the events of worker(s) {names} end without worker_stopped (killed, or "
+        "still running): a worker killed with SIGKILL sends not its last 0.2 s of events, so "
+        "tasks it finished then are missing here but done in its log; "
+        "'tasks report' on its logs tells"
+    ]
 
 
 def _draw(s: RunSummary, path: Path, quiet: bool) -> None:
