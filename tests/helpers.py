@@ -105,6 +105,16 @@ class Proc:
     def output(self) -> str:
         return self.out.read_text(errors="replace")
 
+    def where(self) -> str:
+        """For a failing test's message: exited how, or (a worker) where its threads are."""
+        code = self.popen.poll()
+        if code is None:
+            self.signal(signal.SIGUSR1)
+            with contextlib.suppress(AssertionError):
+                wait_for("the stacks", lambda: "most recent call first" in self.output(), 10)
+        state = "running" if code is None else f"exited {code}"
+        return f"{self.out.name} ({state}):\n{self.output()[-3000:]}"
+
 
 #: Every process spawn() started; tests/conftest.py kills what is left after each test, so
 #: a failed test never leaves a worker behind to steal the next test's tasks.
@@ -287,8 +297,11 @@ def wait_for_stream_event(env: dict[str, str], event: str, **fields: str) -> dic
     return wait_for(f"{event} {fields} in the event stream", check)  # type: ignore[return-value]
 
 
-def broker_report(env: dict[str, str], run_id: str, cwd: Path | None = None) -> dict[str, Any]:
-    """`tasks report --source broker --run ID --json`: the run as the event stream tells it."""
+def broker_report(
+    env: dict[str, str], run_id: str, cwd: Path | None = None, notes: list[str] | None = None
+) -> dict[str, Any]:
+    """`tasks report --source broker --run ID --json`: the run as the event stream tells it
+    (and its notes, on stderr, appended to `notes` if given)."""
     r = subprocess.run(
         [str(BIN / "tasks"), "report", "--source", "broker", "--run", run_id, "--json"],
         env=env,
@@ -298,6 +311,8 @@ def broker_report(env: dict[str, str], run_id: str, cwd: Path | None = None) -> 
         cwd=cwd or env.get("PWD", str(ROOT)),
     )
     assert r.returncode in (0, 1), r.stdout + r.stderr
+    if notes is not None:
+        notes.append(r.stderr)
     return json.loads(r.stdout)["runs"][-1]  # type: ignore[no-any-return]
 
 

@@ -120,7 +120,7 @@ def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, lo
     assert emitter.wait(timeout=180) == 0, emitter.output()
 
     try:
-        wait_for("all 2000 tasks done", lambda: done_count(logs) >= 2000, timeout=120)
+        wait_for("all 2000 tasks done", lambda: done_count(logs) >= 2000, timeout=240)
     except AssertionError:
         r = broker(
             "ctl",
@@ -133,8 +133,12 @@ def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, lo
             "consumers",
             port=PORTS[(PORTS.index(lost) + 1) % 3],
         )
+        tails = "\n".join(
+            f"{f.name}: ...{f.read_text()[-1500:]}" for f in sorted(logs.glob("worker-*.log"))
+        )
+        outs = "\n".join(w.where() for w in workers)
         raise AssertionError(
-            f"{done_count(logs)} done; lost {lost}; queues: {r.stdout}{r.stderr}"
+            f"{done_count(logs)} done; lost {lost}; queues: {r.stdout}{r.stderr}\n{tails}\n{outs}"
         ) from None
     for w in workers:
         w.signal(15)
