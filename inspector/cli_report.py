@@ -20,6 +20,7 @@ from inspector.render import (
     render_untracked,
     report_csv,
     report_json,
+    wrap_prose,
 )
 from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
 from inspector.stream import read_broker
@@ -184,8 +185,10 @@ def report(
         _echo_text(shown, position, timeline_to == "-")
         if render_untracked(untracked):
             click.echo("\n" + render_untracked(untracked))
+    quiet = as_json or as_csv
+    width = shutil.get_terminal_size().columns if not quiet and sys.stdout.isatty() else None
     for line in elsewhere:
-        click.echo(("\n" if not (as_json or as_csv) else "") + line, err=as_json or as_csv)
+        click.echo(("" if quiet else "\n") + "\n".join(wrap_prose([line], width)), err=quiet)
     if timeline_to and timeline_to != "-":
         _draw(pairs[-1][1], Path(timeline_to), quiet=as_json or as_csv)
     elif timeline_to == "-" and (as_json or as_csv):

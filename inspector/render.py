@@ -129,10 +129,10 @@ def render_text(
     steps = next_steps(run, s, w)
     if steps:
         prose += ["", *(f"next: {step}" for step in steps)]
-    return "\n".join([*_wrap(head, width), *table, *_wrap(prose, width)])
+    return "\n".join([*wrap_prose(head, width), *table, *wrap_prose(prose, width)])
 
 
-def _wrap(lines: list[str], width: int | None) -> list[str]:
+def wrap_prose(lines: list[str], width: int | None) -> list[str]:
     """Prose lines wrapped at words to width, continuing one step further in."""
     if not width:
         return lines
