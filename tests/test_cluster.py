@@ -76,6 +76,32 @@ def done_count(logs: Path) -> int:
     return sum(1 for f in logs.glob("worker-*.log") for e in events(f) if e["event"] == "done")
 
 
+def all_done(logs: Path, n: int, workers: list[Proc], lost: int, timeout: float) -> None:
+    """Wait until n tasks are done (a bound, not a timing); if they never are, fail with
+    the queues as a surviving node sees them, each worker's last lines, and its stacks."""
+    try:
+        wait_for(f"all {n} tasks done", lambda: done_count(logs) >= n, timeout=timeout)
+    except AssertionError:
+        r = broker(
+            "ctl",
+            "list_queues",
+            "name",
+            "leader",
+            "online",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+            port=PORTS[(PORTS.index(lost) + 1) % 3],
+        )
+        tails = "\n".join(
+            f"{f.name}: ...{f.read_text()[-1500:]}" for f in sorted(logs.glob("worker-*.log"))
+        )
+        outs = "\n".join(w.where() for w in workers)
+        raise AssertionError(
+            f"{done_count(logs)} done; lost {lost}; queues: {r.stdout}{r.stderr}\n{tails}\n{outs}"
+        ) from None
+
+
 def three_workers(
     urls: str, queue: str, logs: Path, tmp_path: Path, prefix: str, per_dot: str
 ) -> tuple[dict[str, str], list[Proc]]:
@@ -119,27 +145,7 @@ def test_losing_the_leader_node_mid_run_loses_no_task(cluster, how, tmp_path, lo
     stopper.join()
     assert emitter.wait(timeout=180) == 0, emitter.output()
 
-    try:
-        wait_for("all 2000 tasks done", lambda: done_count(logs) >= 2000, timeout=240)
-    except AssertionError:
-        r = broker(
-            "ctl",
-            "list_queues",
-            "name",
-            "leader",
-            "online",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-            port=PORTS[(PORTS.index(lost) + 1) % 3],
-        )
-        tails = "\n".join(
-            f"{f.name}: ...{f.read_text()[-1500:]}" for f in sorted(logs.glob("worker-*.log"))
-        )
-        outs = "\n".join(w.where() for w in workers)
-        raise AssertionError(
-            f"{done_count(logs)} done; lost {lost}; queues: {r.stdout}{r.stderr}\n{tails}\n{outs}"
-        ) from None
+    all_done(logs, 2000, workers, lost, timeout=240)
     for w in workers:
         w.signal(15)
     for w in workers:
@@ -217,7 +223,7 @@ def test_the_event_stream_survives_losing_a_node_and_the_report_still_reads_it(
     # The node that leads the stream goes, mid-run.
     lost = port_of(str(stream["leader"]))
     assert broker("stop", port=lost).returncode == 0
-    wait_for("all 600 tasks done", lambda: done_count(logs) >= 600, timeout=180)
+    all_done(logs, 600, workers, lost, timeout=240)
     for w in workers:
         w.signal(15)
     for w in workers:

@@ -238,6 +238,49 @@ def test_a_batch_sent_twice_counts_once(env, queue):
     assert rep["audit"]["done_once"] == [1] and rep["audit"]["duplicates"] == []
 
 
+def test_rows_a_killed_worker_finished_unsent_are_missing_from_the_stream_with_a_note(env, queue):
+    """A worker killed with SIGKILL before its last batch went: the stream has its ready line
+    and nothing after. Row 2, which it finished (its log has it), is missing from the report
+    read from the broker, and the note names that worker and where the rest is."""
+    settings = Settings(urls=(env["AMQP_URL"],), queue=queue)
+    run_id = "20261127T000000-bbbb"
+
+    def task_lines(worker: str, row: int) -> list[str]:
+        ids = {"worker": worker, "task": f"{run_id}-{row}", "row": row, "run": run_id}
+        return [
+            format_event("started", **ids, attempt=1),
+            format_event("done", **ids, seconds=0.0, attempt=1),
+        ]
+
+    def at(second: int, line: str) -> str:  # the time stamp a second into the run
+        return f"ts=2026-11-27T00:00:{second:02d}.000Z " + line.split(" ", 1)[1]
+
+    batches = [
+        [
+            at(0, format_event("emit_started", run=run_id, source="x", total=2)),
+            at(0, format_event("run_manifest", run=run_id, rows="1-2", total=2)),
+            at(1, format_event("emit_done", run=run_id, total=2)),
+        ],
+        [at(1, format_event("worker_ready", worker="calm", queue=queue))],
+        [at(1, format_event("worker_ready", worker="killed", queue=queue))],
+        [*(at(2, x) for x in task_lines("calm", 1))],
+        [at(3, format_event("worker_stopped", worker="calm"))],
+    ]
+    conn, _url = broker.connect(settings)
+    try:
+        broker.declare_stream(conn, stream_name(queue), EventsConfig().arguments())
+        pub = broker.StreamPublisher(conn, stream_name(queue))
+        for n, lines in enumerate(batches):
+            pub.publish("\n".join(lines).encode(), f"b.{n}", KIND_EVENTS, {})
+    finally:
+        conn.close()
+    notes: list[str] = []
+    rep = broker_report(env, run_id, notes=notes)
+    assert rep["audit"]["missing"] == [2] and rep["audit"]["done_once"] == [1]
+    assert "worker(s) killed end without worker_stopped" in notes[0], notes
+    assert "calm" not in notes[0]
+
+
 def test_a_stream_the_user_may_not_use_turns_events_off_and_the_task_goes_on(make_node, env):
     node = make_node()
     node.ctl("add_user", "limited", "secret-pw")
