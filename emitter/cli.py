@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import shlex
-import shutil
 import sys
-import textwrap
 import webbrowser
 from urllib.parse import quote, urlsplit
 
@@ -26,8 +24,8 @@ from utils.options import (
     make_settings,
     open_events,
 )
-from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
+from utils.text import echo_prose, plural
 
 PREVIEW_ROWS = 5
 
@@ -215,7 +213,7 @@ def main(
         if not quiet:
             if bar is not None:
                 click.echo("", err=True)  # leave the bar's line alone
-            click.echo(f"note: {text}", err=True)
+            echo_prose(f"note: {text}", err=True)
 
     try:
         report = emit_rows(
@@ -232,23 +230,17 @@ def main(
         if stream is not None:
             stream.close()  # the run's events, its manifest included
             if stream.off_reason and not quiet:
-                click.echo(f"note: events not sent to the broker: {stream.off_reason}", err=True)
+                echo_prose(f"note: events not sent to the broker: {stream.off_reason}", err=True)
     if open_admin:
         _open_admin(report.result.url or settings.url, queue)
     r = report.result
     if r.error or r.unroutable or r.nacked:
         raise failure_summary(report)
-    line = summary_line(report, queue)
-    if sys.stdout.isatty():  # wrapped at the terminal's width, as `tasks report` wraps
-        width = shutil.get_terminal_size().columns
-        line = "\n".join(
-            textwrap.wrap(line, width - 1, subsequent_indent="  ", break_long_words=False)
-        )
-    click.echo(line)
+    echo_prose(summary_line(report, queue))
     if report.queue_note and not quiet:
-        click.echo(f"note: {report.queue_note}", err=True)
+        echo_prose(f"note: {report.queue_note}", err=True)
     for line in queue_warnings(report, queue, quiet):
-        click.echo(line, err=True)
+        echo_prose(line, err=True)
 
 
 def summary_line(report: EmitReport, queue: str) -> str:
@@ -307,7 +299,7 @@ def _open_admin(url: str, queue: str) -> None:
     if opened:
         click.echo(f"opened {page}", err=True)
     else:
-        click.echo(f"note: no browser to open; the queue's page is {page}", err=True)
+        echo_prose(f"note: no browser to open; the queue's page is {page}", err=True)
 
 
 def _dry_run(opts: EmitOptions) -> None:

@@ -10,9 +10,9 @@ from emitter.source import CsvOptions, ReadStats, Row, iter_rows, open_source, v
 from utils import broker
 from utils.errors import BrokerUnavailable, NothingToDo, TaskToolError
 from utils.logformat import EventLog
-from utils.plural import plural
 from utils.settings import Settings, mask_url
 from utils.task import Task, new_run_id, task_id
+from utils.text import plural
 
 
 @dataclass(frozen=True)

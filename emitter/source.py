@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from utils.errors import BadInput, NothingToDo
-from utils.plural import plural
+from utils.text import plural
 
 #: RabbitMQ's default max_message_size (3.10 and later): 128 MiB.
 MAX_BODY_BYTES = 128 * 1024 * 1024

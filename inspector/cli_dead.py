@@ -11,8 +11,8 @@ from utils import broker
 from utils.errors import ConnectionLost, PublishRefused
 from utils.logformat import shorten
 from utils.options import broker_options, consumer_timeout_option, handle_errors, make_settings
-from utils.plural import plural
 from utils.task import ATTEMPT_HEADERS, delivery_ids, failure_reason
+from utils.text import plural
 
 
 @click.command()

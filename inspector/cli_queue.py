@@ -13,8 +13,8 @@ from inspector.status import gather, render
 from utils import broker
 from utils.errors import ExitCode, NothingToDo, TaskToolError
 from utils.options import broker_options, handle_errors, make_settings, management_url_option
-from utils.plural import plural
 from utils.settings import Settings, url_host
+from utils.text import echo_prose, plural
 
 #: Seconds between refreshes of `tasks status --watch`.
 WATCH_EVERY = 1.0
@@ -53,7 +53,7 @@ def status(
             try:
                 _show(settings, as_json)
             except TaskToolError as exc:  # the broker may come back; keep watching
-                click.echo(f"error: {exc.message}", err=True)
+                echo_prose(f"error: {exc.message}", err=True)
             time.sleep(WATCH_EVERY)
     except KeyboardInterrupt:
         return

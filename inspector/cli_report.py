@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -20,7 +18,6 @@ from inspector.render import (
     render_untracked,
     report_csv,
     report_json,
-    wrap_prose,
 )
 from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
 from inspector.stream import read_broker
@@ -28,8 +25,8 @@ from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
 from utils.logformat import parse_ts
 from utils.options import broker_options, handle_errors, make_settings, management_url_option
-from utils.plural import plural
 from utils.settings import DEFAULT_QUEUE, Settings
+from utils.text import echo_prose, plural, prose_width
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
@@ -163,10 +160,12 @@ def report(
     ]
     pairs = [(r, s) for r, s, _w in shown]
     untracked = summarise_untracked(logs.untracked)
-    # What the stream knows that logs/ does not, said beside a report from the logs.
-    elsewhere = _elsewhere(settings, pairs) if source == "logs" and not logs_only else []
+    # Beside a report from the logs: what the stream knows that logs/ does not. Beside one
+    # from the stream: whose last events it cannot have.
     if source == "broker":
-        elsewhere = _cut_short(logs, pairs)
+        notes = _cut_short(logs, pairs, settings.queue)
+    else:
+        notes = _elsewhere(settings, pairs) if not logs_only else []
     position = ""
     if not run_id and not every and len(every_run) > 1:
         position = f"the latest of {len(every_run)} in " + (
@@ -186,9 +185,8 @@ def report(
         if render_untracked(untracked):
             click.echo("\n" + render_untracked(untracked))
     quiet = as_json or as_csv
-    width = shutil.get_terminal_size().columns if not quiet and sys.stdout.isatty() else None
-    for line in elsewhere:
-        click.echo(("" if quiet else "\n") + "\n".join(wrap_prose([line], width)), err=quiet)
+    for line in notes:
+        echo_prose(("" if quiet else "\n") + line, err=quiet)
     if timeline_to and timeline_to != "-":
         _draw(pairs[-1][1], Path(timeline_to), quiet=as_json or as_csv)
     elif timeline_to == "-" and (as_json or as_csv):
@@ -227,8 +225,7 @@ def _whereabouts(
 def _echo_text(
     shown: list[tuple[Run, RunSummary, Whereabouts]], position: str, text_timeline: bool
 ) -> None:
-    # On a terminal, prose wraps at words to its width; through a pipe, lines stay whole.
-    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    width = prose_width()
     for i, (r, s, w) in enumerate(shown):
         if i:
             click.echo("\n" + "-" * 72 + "\n")
@@ -288,17 +285,13 @@ def _elsewhere(settings: Settings, pairs: list[tuple[Run, RunSummary]]) -> list[
     return notes
 
 
-def _cut_short(logs: LogSet, pairs: list[tuple[Run, RunSummary]]) -> list[str]:
+def _cut_short(logs: LogSet, pairs: list[tuple[Run, RunSummary]], queue: str) -> list[str]:
     """A note for a report from the stream with rows missing, when workers' events end
     without a stop: a worker killed with SIGKILL did not send its last moments' events
     (docs/REPORT.md), so what it finished then has no `done` here but is done."""
     if not any(s.audit.missing for _r, s in pairs):
         return []
-    cut = sorted(
-        life.name
-        for life in logs.workers.values()
-        if life.ready and life.stopped_after(max(t for t, _q in life.ready)) is None
-    )
+    cut = sorted(life.name for life in logs.workers.values() if life.running_on(queue))
     if not cut:
         return []
     names = ", ".join(cut[:5]) + (", ..." if len(cut) > 5 else "")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import textwrap
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary, times
 from inspector.runs import Run, Skipped
 from inspector.whereabouts import Whereabouts
-from utils.plural import plural
+from utils.text import plural, wrap_prose
 
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
 JSON_SCHEMA = 2
@@ -130,23 +129,6 @@ def render_text(
     if steps:
         prose += ["", *(f"next: {step}" for step in steps)]
     return "\n".join([*wrap_prose(head, width), *table, *wrap_prose(prose, width)])
-
-
-def wrap_prose(lines: list[str], width: int | None) -> list[str]:
-    """Prose lines wrapped at words to width, continuing one step further in."""
-    if not width:
-        return lines
-    out = []
-    for line in lines:
-        indent = " " * (len(line) - len(line.lstrip()))
-        out += textwrap.wrap(
-            line,
-            width,
-            subsequent_indent=indent + "  ",
-            break_long_words=False,
-            break_on_hyphens=False,
-        ) or [""]
-    return out
 
 
 def _rows_fit(rows: list[int], room: int | None) -> str:

@@ -19,8 +19,8 @@ from utils.management import (
     fetch_json,
     queue_warnings,
 )
-from utils.plural import plural
 from utils.settings import Settings, mask_url, url_host, url_vhost
+from utils.text import plural
 
 
 @dataclass

@@ -23,8 +23,8 @@ from inspector.runs import LogSet, Run, TaskRecord, run_order
 from inspector.status import ManagementUnavailable, default_management_url, fetch_json
 from utils import broker
 from utils.errors import TaskToolError
-from utils.plural import plural
 from utils.settings import Settings, url_host, url_vhost
+from utils.text import plural
 
 #: The name our workers give their connections: "work NAME" (worker/loop.py).
 WORKER_CONNECTION = "work "

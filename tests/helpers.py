@@ -90,14 +90,7 @@ class Proc:
         try:
             return self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # A worker prints where each of its threads is on SIGUSR1: say where it hangs.
-            self.signal(signal.SIGUSR1)
-            with contextlib.suppress(AssertionError):  # (other commands die of SIGUSR1)
-                wait_for(
-                    "the stacks",
-                    lambda: "most recent call first" in self.output() or self.popen.poll(),
-                    timeout=10,
-                )
+            self._ask_for_stacks()
             raise AssertionError(
                 f"{self.popen.args} still runs after {timeout:g} s:\n{self.output()[-6000:]}"
             ) from None
@@ -105,13 +98,21 @@ class Proc:
     def output(self) -> str:
         return self.out.read_text(errors="replace")
 
+    def _ask_for_stacks(self) -> None:
+        """A worker prints where each of its threads is on SIGUSR1: wait for it to say so."""
+        self.signal(signal.SIGUSR1)
+        with contextlib.suppress(AssertionError):  # (other commands die of SIGUSR1)
+            wait_for(
+                "the stacks",
+                lambda: "most recent call first" in self.output() or self.popen.poll(),
+                timeout=10,
+            )
+
     def where(self) -> str:
         """For a failing test's message: exited how, or (a worker) where its threads are."""
         code = self.popen.poll()
         if code is None:
-            self.signal(signal.SIGUSR1)
-            with contextlib.suppress(AssertionError):
-                wait_for("the stacks", lambda: "most recent call first" in self.output(), 10)
+            self._ask_for_stacks()
         state = "running" if code is None else f"exited {code}"
         return f"{self.out.name} ({state}):\n{self.output()[-3000:]}"
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+
 import pika
 import pytest
 
-from tests.helpers import no_traceback, run
+from tests.helpers import BIN, no_traceback, run
 
 
 @pytest.mark.parametrize("cmd", [["emit", "tasks.csv"], ["work", "--max-tasks", "1"]])
@@ -16,6 +20,41 @@ def test_unreachable_broker_says_how_to_start_one(env, cmd):
     assert "no broker answers at localhost:1" in r.stderr
     assert "make broker-up" in r.stderr
     assert no_traceback(r.stderr)
+
+
+def test_an_error_wraps_at_words_on_a_terminal_and_stays_whole_through_a_pipe(env):
+    e = {**env, "AMQP_URL": "amqp://guest:guest@localhost:1/%2F", "COLUMNS": "50"}
+    argv = [str(BIN / "emit"), "tasks.csv"]
+    piped = subprocess.run(argv, capture_output=True, text=True, env=e, timeout=60)
+    hint = piped.stderr.splitlines()[1]
+    assert hint.startswith("  hint: ") and len(hint) > 50 and len(piped.stderr.splitlines()) == 2
+
+    main, child = pty.openpty()  # stderr on a terminal 50 columns wide
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=child, env=e, timeout=60)
+        os.close(child)
+        out = b""
+        while chunk := _read(main):
+            out += chunk
+    finally:
+        os.close(main)
+    lines = out.decode().replace("\r\n", "\n").splitlines()
+    assert proc.returncode == 3
+    assert max(len(x) for x in lines) <= 50, lines
+    # The same words, cut at spaces only, each continuation one step further in.
+    assert " ".join(x.strip() for x in lines) == " ".join(piped.stderr.split())
+    assert (
+        lines[0].startswith("error: ")
+        and lines[1].startswith("  ")
+        and lines[-1].startswith("    ")
+    )
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # the child side is closed and everything was read
+        return b""
 
 
 @pytest.mark.parametrize("cmd", [["emit", "tasks.csv"], ["work", "--max-tasks", "1"]])

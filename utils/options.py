@@ -35,6 +35,7 @@ from utils.settings import (
     mask_url,
     split_urls,
 )
+from utils.text import echo_prose
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -202,9 +203,9 @@ def make_settings(
 
 def fail(message: str, hint: str = "", code: int = ExitCode.BAD_INPUT) -> None:
     """Print our two-line error and exit with code."""
-    click.echo(f"error: {message}", err=True)
+    echo_prose(f"error: {message}", err=True)
     if hint:
-        click.echo(f"  hint: {hint}", err=True)
+        echo_prose(f"  hint: {hint}", err=True)
     sys.exit(int(code))
 
 

@@ -9,8 +9,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from utils.plural import plural
 from utils.task import Task
+from utils.text import plural
 
 #: Captured output of a command is cut to this many characters in the log.
 OUTPUT_CHARS = 2000

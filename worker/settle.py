@@ -15,8 +15,8 @@ from typing import Any
 from utils import broker
 from utils.errors import ConnectionLost
 from utils.logformat import EventLog, shorten
-from utils.plural import plural
 from utils.task import H_ATTEMPT, H_REASON
+from utils.text import plural
 from worker.consumer import Consumer
 
 #: How many finished-but-unacked task ids a worker remembers.

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from utils.logformat import parse_ts
-from utils.plural import plural
 from utils.settings import mask_url
+from utils.text import plural
 
 #: Runs kept at once (the newest by id, and the one --run pins); older ones are forgotten.
 MAX_RUNS = 8
