@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pika
 
+from tests.conftest import _NODE_PORT, Node
 from tests.helpers import RABBITMQ, drain, rabbitmq_version
 
 
@@ -58,3 +59,21 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return True  # gone
+
+
+def test_a_node_that_cannot_start_says_why_and_leaves_no_process():
+    node = Node(_NODE_PORT + 7, extra_conf="no_such.setting = 1")
+    node.wipe()
+    try:
+        r = node._run("start")
+        assert r.returncode == 1, r.stdout + r.stderr
+        # The cause, from the node's first errors, not the crash report that follows it.
+        assert "Conf file attempted to set unknown variable: no_such.setting" in r.stderr
+        assert "scripts/broker stop' then 'scripts/broker start' retries" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert node._run("status").returncode == 3  # nothing of ours answers there
+        beams = subprocess.run(["pgrep", "-f", f"mc{node.port}@"], capture_output=True, text=True)
+        assert beams.stdout == "", beams.stdout
+    finally:
+        node.stop()
+        node.wipe()

@@ -43,6 +43,7 @@ def broker(*args: str, port: int | None = None) -> subprocess.CompletedProcess[s
 def cluster() -> Iterator[str]:
     up = broker("cluster-up", "3")
     if up.returncode != 0:
+        broker("cluster-down")  # the nodes that did start
         pytest.fail(f"the test cluster did not form:\n{up.stdout}{up.stderr}", pytrace=False)
     yield URLS
     broker("cluster-down")
