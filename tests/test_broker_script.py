@@ -11,7 +11,7 @@ from pathlib import Path
 import pika
 
 from tests.conftest import _NODE_PORT, Node
-from tests.helpers import RABBITMQ, drain, rabbitmq_version
+from tests.helpers import RABBITMQ, ROOT, drain, rabbitmq_version
 
 
 def test_persistent_tasks_survive_a_restart_of_our_node(make_node, tmp_path):
@@ -74,6 +74,10 @@ def test_a_node_that_cannot_start_says_why_and_leaves_no_process():
         assert node._run("status").returncode == 3  # nothing of ours answers there
         beams = subprocess.run(["pgrep", "-f", f"mc{node.port}@"], capture_output=True, text=True)
         assert beams.stdout == "", beams.stdout
+        # Erlang's crash dump goes with the node's logs, not into the directory we ran from.
+        prefix = "rmq4-" if RABBITMQ == 4 else ""
+        assert (ROOT / ".broker" / f"{prefix}{node.port}" / "log" / "erl_crash.dump").exists()
+        assert not (ROOT / "erl_crash.dump").exists()
     finally:
         node.stop()
         node.wipe()
