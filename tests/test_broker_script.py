@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,19 @@ def test_a_node_that_cannot_start_says_why_and_leaves_no_process():
     finally:
         node.stop()
         node.wipe()
+
+
+def test_a_node_whose_port_another_program_holds_names_the_port_and_what_to_do():
+    node = Node(_NODE_PORT + 8)
+    node.wipe()
+    with socket.socket() as holder:  # listens, and never answers AMQP
+        holder.bind(("127.0.0.1", node.port))
+        holder.listen()
+        try:
+            r = node._run("start")
+        finally:
+            node.stop()
+            node.wipe()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"port {node.port} is taken by another program ('ss -ltnp' names it)" in r.stderr
+    assert "pick another BROKER_PORT" in r.stderr
