@@ -188,8 +188,8 @@ def report(
     for line in notes:
         echo_prose(("" if quiet else "\n") + line, err=quiet)
     if timeline_to and timeline_to != "-":
-        _draw(pairs[-1][1], Path(timeline_to), quiet=as_json or as_csv)
-    elif timeline_to == "-" and (as_json or as_csv):
+        _draw(pairs[-1][1], Path(timeline_to), quiet=quiet)
+    elif timeline_to == "-" and quiet:
         click.echo(timeline.text_timeline(pairs[-1][1]), err=True)
     _name_skipped(logs)
     if any(s.audit.missing for _r, s in pairs):

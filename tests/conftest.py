@@ -115,8 +115,12 @@ class Node:
             BROKER_ADVANCED_CONF=self.advanced_conf or "[].",
         )
 
+    def try_start(self) -> subprocess.CompletedProcess[str]:
+        """Start it, and return what scripts/broker said, whether or not it started."""
+        return self._run("start")
+
     def start(self) -> None:
-        r = self._run("start")
+        r = self.try_start()
         if r.returncode != 0:
             pytest.fail(
                 f"test node on {self.port} did not start:\n{r.stdout}{r.stderr}", pytrace=False
@@ -146,15 +150,19 @@ _NODE_PORT = int(os.environ.get("TEST_NODE_PORT", "5690"))
 
 @pytest.fixture
 def make_node() -> Iterator[object]:
-    """Start a node of the test's own: `node = make_node(extra_conf=...)`; stopped and wiped after."""
+    """Start a node of the test's own: `node = make_node(extra_conf=...)`; stopped and wiped after.
+    With started=False it is only made ready: the test starts it (`node.try_start()`)."""
     nodes: list[Node] = []
 
-    def factory(extra_conf: str = "", port_offset: int = 0, advanced_conf: str = "") -> Node:
+    def factory(
+        extra_conf: str = "", port_offset: int = 0, advanced_conf: str = "", started: bool = True
+    ) -> Node:
         node = Node(_NODE_PORT + port_offset, extra_conf, advanced_conf)
         node.stop()
         node.wipe()
-        node.start()
         nodes.append(node)
+        if started:
+            node.start()
         return node
 
     yield factory

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pika
 
-from tests.conftest import _NODE_PORT, Node
 from tests.helpers import RABBITMQ, ROOT, drain, rabbitmq_version
 
 
@@ -62,39 +61,29 @@ def _zombie(pid: int) -> bool:
         return True  # gone
 
 
-def test_a_node_that_cannot_start_says_why_and_leaves_no_process():
-    node = Node(_NODE_PORT + 7, extra_conf="no_such.setting = 1")
-    node.wipe()
-    try:
-        r = node._run("start")
-        assert r.returncode == 1, r.stdout + r.stderr
-        # The cause, from the node's first errors, not the crash report that follows it.
-        assert "Conf file attempted to set unknown variable: no_such.setting" in r.stderr
-        assert "scripts/broker stop' then 'scripts/broker start' retries" in r.stderr
-        assert "Traceback" not in r.stderr
-        assert node._run("status").returncode == 3  # nothing of ours answers there
-        beams = subprocess.run(["pgrep", "-f", f"mc{node.port}@"], capture_output=True, text=True)
-        assert beams.stdout == "", beams.stdout
-        # Erlang's crash dump goes with the node's logs, not into the directory we ran from.
-        prefix = "rmq4-" if RABBITMQ == 4 else ""
-        assert (ROOT / ".broker" / f"{prefix}{node.port}" / "log" / "erl_crash.dump").exists()
-        assert not (ROOT / "erl_crash.dump").exists()
-    finally:
-        node.stop()
-        node.wipe()
+def test_a_node_that_cannot_start_says_why_and_leaves_no_process(make_node):
+    node = make_node(extra_conf="no_such.setting = 1", port_offset=7, started=False)
+    r = node.try_start()
+    assert r.returncode == 1, r.stdout + r.stderr
+    # The cause, from the node's first errors, not the crash report that follows it.
+    assert "Conf file attempted to set unknown variable: no_such.setting" in r.stderr
+    assert "scripts/broker stop' then 'scripts/broker start' retries" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert node._run("status").returncode == 3  # nothing of ours answers there
+    beams = subprocess.run(["pgrep", "-f", f"mc{node.port}@"], capture_output=True, text=True)
+    assert beams.stdout == "", beams.stdout
+    # Erlang's crash dump goes with the node's logs, not into the directory we ran from.
+    prefix = "rmq4-" if RABBITMQ == 4 else ""
+    assert (ROOT / ".broker" / f"{prefix}{node.port}" / "log" / "erl_crash.dump").exists()
+    assert not (ROOT / "erl_crash.dump").exists()
 
 
-def test_a_node_whose_port_another_program_holds_names_the_port_and_what_to_do():
-    node = Node(_NODE_PORT + 8)
-    node.wipe()
+def test_a_node_whose_port_another_program_holds_names_the_port_and_what_to_do(make_node):
+    node = make_node(port_offset=8, started=False)
     with socket.socket() as holder:  # listens, and never answers AMQP
         holder.bind(("127.0.0.1", node.port))
         holder.listen()
-        try:
-            r = node._run("start")
-        finally:
-            node.stop()
-            node.wipe()
+        r = node.try_start()
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"port {node.port} is taken by another program ('ss -ltnp' names it)" in r.stderr
     assert "pick another BROKER_PORT" in r.stderr
