@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from utils.events import expand_rows
 from utils.logformat import parse_line, parse_ts
 
 
@@ -66,12 +65,10 @@ class Run:
 
     @property
     def rows(self) -> list[int]:
-        """The rows the emitter said it sent (rows=A-B or its manifest's A-B,C,..., else 1..total)."""
+        """The rows the emitter said it sent (rows=A-B in emit_done or the manifest, else 1..total)."""
         m = re.fullmatch(r"(\d+)-(\d+)", self.emitted.get("rows", ""))
         if m:
             return list(range(int(m[1]), int(m[2]) + 1))
-        if re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", self.emitted.get("rows", "")):
-            return expand_rows(self.emitted["rows"])
         total = self.emitted.get("total")
         return list(range(1, int(total) + 1)) if total and total.isdigit() else []
 

@@ -28,8 +28,6 @@ from utils.events import (
     EventsConfig,
     EventStream,
     check_max_age,
-    compact_rows,
-    expand_rows,
     parse_size,
     stream_name,
 )
@@ -38,15 +36,6 @@ from utils.settings import Settings
 
 
 # -- without a broker ---------------------------------------------------------------------------
-def test_rows_are_written_as_ranges_and_read_back():
-    assert compact_rows([5, 1, 2, 3, 7, 8, 2]) == "1-3,5,7-8"
-    assert compact_rows([]) == "none"
-    assert expand_rows("1-3,5,7-8") == [1, 2, 3, 5, 7, 8]
-    assert expand_rows(compact_rows(range(1, 100_001))) == list(range(1, 100_001))
-    with pytest.raises(ValueError):
-        expand_rows("5-1")
-
-
 def test_retention_options_take_rabbitmqs_forms():
     assert check_max_age("7D") == "7D"
     assert parse_size("1GB") == 10**9

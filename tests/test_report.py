@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from inspector import timeline
 from inspector.analysis import TIMES, summarise_run
 from inspector.cli import main
-from inspector.runs import all_runs, latest_run, read_logs
+from inspector.runs import Run, all_runs, latest_run, read_logs
 from inspector.schedule import greedy, lower_bound, lpt, round_robin
 from inspector.timeline import text_timeline
 from tests.helpers import no_traceback, run
@@ -104,6 +104,13 @@ def two_runs(tmp_path: Path) -> Path:
         tail="",
     )
     return d
+
+
+def test_a_runs_rows_come_from_the_emitters_range_else_from_its_total():
+    assert Run("r", {"rows": "3-5", "total": "3"}).rows == [3, 4, 5]
+    assert Run("r", {"rows": "none", "total": "0"}).rows == []
+    assert Run("r", {"total": "2"}).rows == [1, 2]
+    assert Run("r", {}).rows == []
 
 
 def test_two_runs_in_one_folder_are_told_apart_and_the_latest_is_the_default(two_runs):

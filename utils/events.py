@@ -31,7 +31,6 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from utils import broker
@@ -111,34 +110,6 @@ class EventsConfig:
         """The stream's declaration arguments: bounded by age and size."""
         segment = max(1_000_000, min(100_000_000, self.max_bytes // 10))
         return broker.stream_arguments(self.max_age, self.max_bytes, segment)
-
-
-def compact_rows(rows: Iterable[int]) -> str:
-    """Rows as ranges: [1, 2, 3, 5, 7, 8] -> '1-3,5,7-8' ('none' when empty)."""
-    parts: list[str] = []
-    ordered = sorted(set(rows))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts) or "none"
-
-
-def expand_rows(text: str) -> list[int]:
-    """The rows of compact_rows' form ('1-3,5' -> [1, 2, 3, 5]); ValueError if malformed."""
-    if text in ("", "none"):
-        return []
-    rows: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        a, b = int(first), int(last or first)
-        if b < a:
-            raise ValueError(f"range {part} runs backwards")
-        rows.extend(range(a, b + 1))
-    return rows
 
 
 @dataclass
