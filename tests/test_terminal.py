@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import BIN, ROOT, WAIT, events, queue_ready, run, wait_for, wait_for_event
+from utils.text import prose_width
 from worker.terminal import Terminal, cells, colour_wanted, fit
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -218,6 +219,20 @@ def test_control_characters_in_a_body_never_reach_the_terminal():
     t = Terminal(width=80, colour=True)
     line = t.line(TS, "started", {"task": "r-1", "row": 1, "body": "a\x1b[2Jb\nc", "attempt": 1})
     assert "\x1b[2J" not in line and "\n" not in line and "a\\x1b[2Jb\\nc" in line
+
+
+def test_prose_is_wrapped_to_the_terminal_it_goes_to_not_to_stdouts(monkeypatch):
+    # `emit ... > out.txt` on a 57-column terminal: the notes on stderr fit those 57.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 57, 0, 0))
+    with os.fdopen(slave, "w") as tty:
+        assert prose_width(tty) == 57
+        monkeypatch.setenv("COLUMNS", "44")
+        assert prose_width(tty) == 44
+    os.close(master)
+    with open(os.devnull, "w") as not_a_tty:
+        assert prose_width(not_a_tty) is None
 
 
 def test_a_long_note_wraps_under_the_text_column_within_the_width():

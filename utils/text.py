@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import textwrap
 from typing import TextIO
@@ -15,10 +15,26 @@ def plural(count: int, noun: str, nouns: str = "") -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
 
 
+def terminal_width(stream: TextIO) -> int:
+    """The width of the stream's terminal: COLUMNS if set, else what the terminal says, else 80.
+
+    The stream's own: stderr may go to a terminal while stdout goes to a pipe.
+    """
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    return columns or 80
+
+
 def prose_width(stream: TextIO | None = None) -> int | None:
-    """The terminal's width when the stream (stdout) is one; None through a pipe or into a
-    file, where lines stay whole for whoever reads them next."""
-    return shutil.get_terminal_size().columns if (stream or sys.stdout).isatty() else None
+    """terminal_width() of the stream (stdout) when it is a terminal; None through a pipe or
+    into a file, where lines stay whole for whoever reads them next."""
+    stream = stream or sys.stdout
+    return terminal_width(stream) if stream.isatty() else None
 
 
 def echo_prose(text: str, err: bool = False) -> None:

@@ -24,10 +24,10 @@ import unicodedata
 from pathlib import Path
 from typing import Any, TextIO
 
+from utils.text import terminal_width
+
 #: The event name's column; longer names push the rest of their line right.
 EVENT_WIDTH = 13
-#: The width of a TTY that does not say its own.
-DEFAULT_WIDTH = 80
 #: Text under the event's text: the time, a space, the event column and a space.
 _INDENT = 9 + EVENT_WIDTH + 1
 #: A wrapped note or reason takes at most this many lines; the log file has all of it.
@@ -58,18 +58,6 @@ def colour_wanted(environ: dict[str, str] | None = None) -> bool:
     """False when NO_COLOR holds any non-empty value, or TERM is dumb."""
     env = os.environ if environ is None else environ
     return not env.get("NO_COLOR") and env.get("TERM") != "dumb"
-
-
-def terminal_width(stream: TextIO) -> int:
-    """COLUMNS if set, else the width the terminal says, else DEFAULT_WIDTH."""
-    env = os.environ.get("COLUMNS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        columns = os.get_terminal_size(stream.fileno()).columns
-    except (OSError, ValueError, AttributeError):
-        columns = 0
-    return columns or DEFAULT_WIDTH
 
 
 def cells(text: str) -> int:
