@@ -8,6 +8,7 @@ and the tests' own, is RabbitMQ 4; the `broker_version` fixture says what the br
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -17,7 +18,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.helpers import BIN, ROOT, SPAWNED, broker_script, rabbitmq_version
+from tests.helpers import BIN, ROOT, SPAWNED, broker_script, management_call, rabbitmq_version
 
 TEST_PORT = int(os.environ.get("TEST_BROKER_PORT", "5673"))
 
@@ -58,7 +59,8 @@ def broker_version(broker_url: str) -> tuple[int, ...]:
 
 @pytest.fixture
 def queue(broker_url: str) -> Iterator[str]:
-    """A fresh queue name; the queue, its dead letters and its event stream go afterwards."""
+    """A fresh queue name; the queue, its dead letters, its event stream and the policy our
+    tools set on it go afterwards."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
@@ -67,6 +69,8 @@ def queue(broker_url: str) -> Iterator[str]:
             conn.channel().queue_delete(q)
     finally:
         conn.close()
+    with contextlib.suppress(OSError):  # a broker without the management API has none
+        management_call(broker_url, "DELETE", f"api/policies/%2F/{name}-tasks")
 
 
 @pytest.fixture
@@ -94,23 +98,27 @@ def env(broker_url: str, queue: str, logs: Path, tmp_path: Path) -> dict[str, st
 class Node:
     """A RabbitMQ node of the test's own, on its own port, that the test may stop and kill.
 
-    Started without the management plugin, so that it stops in about 3 s instead of 8.
+    Started without the management plugin, so that it stops in about 3 s instead of 8
+    (`management=True`: with it, on port + 10000, as the session's node).
     `extra_conf` adds lines to its rabbitmq.conf (e.g. "consumer_timeout = 3000");
     `advanced_conf` is its advanced.config, for what rabbitmq.conf cannot set (e.g.
     "[{rabbit, [{channel_tick_interval, 1000}]}].").
     """
 
-    def __init__(self, port: int, extra_conf: str = "", advanced_conf: str = "") -> None:
+    def __init__(
+        self, port: int, extra_conf: str = "", advanced_conf: str = "", management: bool = False
+    ) -> None:
         self.port = port
         self.extra_conf = extra_conf
         self.advanced_conf = advanced_conf
+        self.management = management
         self.url = f"amqp://guest:guest@localhost:{port}/%2F"
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return broker_script(
             *args,
             BROKER_PORT=str(self.port),
-            BROKER_PLUGINS="",
+            BROKER_PLUGINS="rabbitmq_management" if self.management else "",
             BROKER_EXTRA_CONF=self.extra_conf,
             BROKER_ADVANCED_CONF=self.advanced_conf or "[].",
         )
@@ -155,9 +163,13 @@ def make_node() -> Iterator[object]:
     nodes: list[Node] = []
 
     def factory(
-        extra_conf: str = "", port_offset: int = 0, advanced_conf: str = "", started: bool = True
+        extra_conf: str = "",
+        port_offset: int = 0,
+        advanced_conf: str = "",
+        started: bool = True,
+        management: bool = False,
     ) -> Node:
-        node = Node(_NODE_PORT + port_offset, extra_conf, advanced_conf)
+        node = Node(_NODE_PORT + port_offset, extra_conf, advanced_conf, management)
         node.stop()
         node.wipe()
         nodes.append(node)

@@ -51,9 +51,15 @@ def rabbitmq_version(url: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
 
 
-#: The RabbitMQ version the suite runs on: 3 (Debian 12's 3.10, the default) or 4 (make
-#: test-rabbitmq4 sets BROKER_RABBITMQ=4); scripts/broker starts every node of ours on it.
-RABBITMQ = int(os.environ.get("BROKER_RABBITMQ") or "3")
+#: The RabbitMQ version scripts/broker starts every node of ours on: "3" (Debian 12's 3.10,
+#: the default), "4.0" (make test-rabbitmq4) or "4.3" (make test-rabbitmq43).
+RABBITMQ = {"4": "4.0"}.get(
+    os.environ.get("BROKER_RABBITMQ") or "3", os.environ.get("BROKER_RABBITMQ") or "3"
+)
+#: The same as a version tuple, to compare: (3,), (4, 0) or (4, 3).
+RABBITMQ_VERSION = tuple(int(n) for n in RABBITMQ.split("."))
+#: Where scripts/broker keeps a node of that version: .broker/<prefix><port>/.
+NODE_DIR_PREFIX = {"3": "", "4.0": "rmq4-", "4.3": "rmq43-"}[RABBITMQ]
 
 
 def run(
@@ -247,6 +253,48 @@ def queue_counts(url: str, queue: str) -> tuple[int, int]:
         return ok.method.message_count, ok.method.consumer_count
     finally:
         conn.close()
+
+
+def management_call(url: str, method: str, path: str) -> Any:
+    """One call to the management API of the broker at AMQP `url` (port + 10000), as guest:
+    its JSON answer, or None (nothing, or 404)."""
+    import base64
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    request = urllib.request.Request(
+        f"http://{parts.hostname}:{(parts.port or 5672) + 10000}/{path}", method=method
+    )
+    token = base64.b64encode(b"guest:guest").decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    return json.loads(text) if text.strip() else None
+
+
+def task_policy_of(url: str, queue: str) -> dict[str, Any] | None:
+    """The policy our tools set on `queue` (`<queue>-tasks`), or None."""
+    return management_call(url, "GET", f"api/policies/%2F/{queue}-tasks")  # type: ignore[no-any-return]
+
+
+def declare_like_the_tutorial(url: str, queue: str) -> None:
+    """Declare `queue` exactly as the RabbitMQ tutorial's new_task.py and worker.py do (2026):
+    durable, x-queue-type quorum, nothing else, not passive; raises what the broker says."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn.channel().queue_declare(
+            queue=queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def no_traceback(text: str) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pika
 
-from tests.helpers import RABBITMQ, ROOT, drain, rabbitmq_version
+from tests.helpers import NODE_DIR_PREFIX, RABBITMQ_VERSION, ROOT, drain, rabbitmq_version
 
 
 def test_persistent_tasks_survive_a_restart_of_our_node(make_node, tmp_path):
@@ -39,17 +39,19 @@ def _pids_in_mount_namespace(ns: str) -> list[int]:
 
 def test_our_node_runs_the_chosen_rabbitmq_and_stop_leaves_no_process_or_mount(make_node):
     node = make_node()
-    assert rabbitmq_version(node.url)[0] == RABBITMQ  # 4.x under BROKER_RABBITMQ=4, else 3.x
+    found = rabbitmq_version(node.url)
+    assert found[: len(RABBITMQ_VERSION)] == RABBITMQ_VERSION  # 4.3.x under BROKER_RABBITMQ=4.3
+
     pid = int(re.findall(r"\(pid (\d+)\)", node._run("status").stdout)[0])
     ns = os.readlink(f"/proc/{pid}/ns/mnt")
-    if RABBITMQ == 4:
+    if RABBITMQ_VERSION >= (4,):
         # It runs chrooted into the Debian 13 root, in a mount namespace of its own.
         root = os.readlink(f"/proc/{pid}/root")
         assert root != "/" and ns != os.readlink("/proc/self/ns/mnt")
     node.stop()
     state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
     assert state.stdout.strip()[:1] in ("", "Z"), state.stdout  # gone, or a zombie nobody reaps
-    if RABBITMQ == 4:
+    if RABBITMQ_VERSION >= (4,):
         assert [p for p in _pids_in_mount_namespace(ns) if not _zombie(p)] == []
         assert root not in Path("/proc/self/mounts").read_text()
 
@@ -73,8 +75,7 @@ def test_a_node_that_cannot_start_says_why_and_leaves_no_process(make_node):
     beams = subprocess.run(["pgrep", "-f", f"mc{node.port}@"], capture_output=True, text=True)
     assert beams.stdout == "", beams.stdout
     # Erlang's crash dump goes with the node's logs, not into the directory we ran from.
-    prefix = "rmq4-" if RABBITMQ == 4 else ""
-    assert (ROOT / ".broker" / f"{prefix}{node.port}" / "log" / "erl_crash.dump").exists()
+    assert (ROOT / ".broker" / f"{NODE_DIR_PREFIX}{node.port}" / "log" / "erl_crash.dump").exists()
     assert not (ROOT / "erl_crash.dump").exists()
 
 
