@@ -17,6 +17,11 @@ H_RUN = "run-id"
 H_ATTEMPT = "x-attempt"  # our own count of attempts, for classic queues
 H_REASON = "x-failure-reason"
 H_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
+#: Set by RabbitMQ 4.3's quorum queues on redelivery: every return counts here (a nack, a
+#: consumer_timeout), where x-delivery-count counts only failed deliveries (docs/DESIGN.md).
+H_ACQUIRED_COUNT = "x-acquired-count"
+#: The broker's counts of a message's earlier deliveries, per message: a copy starts afresh.
+BROKER_COUNTS = (H_DELIVERY_COUNT, H_ACQUIRED_COUNT)
 
 
 class DecodeError(ValueError):
@@ -116,15 +121,25 @@ def _text(value: Any) -> str | None:
 
 
 def _attempt(headers: dict[str, Any]) -> int:
-    """Attempt number from the quorum queue's delivery count or our own header."""
+    """Attempt number: our own x-attempt (1 when absent), plus the deliveries of this very
+    message that came back without an ack, as the broker counts them.
+
+    Every version's quorum queue counts those (tests/fixtures/redeliveries.json): 3.10 and
+    4.0 in x-delivery-count; 4.3 in x-acquired-count, which also counts the returns that
+    its x-delivery-count leaves out (a nack, a consumer_timeout). Our copies (a classic
+    queue's retry, and later a delayed retry) carry x-attempt and start the broker's count
+    afresh, so the sum survives them. Classic queues count nothing.
+    """
     ours = headers.get(H_ATTEMPT)
-    broker = headers.get(H_DELIVERY_COUNT)
-    n = 1
-    if isinstance(ours, int):
-        n = max(n, ours)
-    if isinstance(broker, int):
-        n = max(n, broker + 1)
-    return n
+    n = ours if isinstance(ours, int) and ours > 0 else 1
+    return n + broker_count(headers)
+
+
+def broker_count(headers: dict[str, Any]) -> int:
+    """How often the broker says this message came back without an ack (0: never, or a
+    queue that does not count)."""
+    counts = [v for v in (headers.get(h) for h in BROKER_COUNTS) if isinstance(v, int)]
+    return max(counts) if counts else 0
 
 
 #: What RabbitMQ's x-death reasons mean, for a person.
@@ -157,7 +172,7 @@ def delivery_ids(properties: pika.BasicProperties, body: bytes) -> tuple[str, An
 
 
 #: Headers about one trip through the work queue; a requeued dead letter starts afresh.
-ATTEMPT_HEADERS = (H_ATTEMPT, H_REASON, H_DELIVERY_COUNT)
+ATTEMPT_HEADERS = (H_ATTEMPT, H_REASON, *BROKER_COUNTS)
 
 
 def copy_properties(

@@ -24,7 +24,7 @@ from utils.errors import (
 from utils.logformat import EventLog, shorten
 from utils.management import queue_warnings
 from utils.settings import Settings, url_host
-from utils.task import H_DELIVERY_COUNT, DecodeError, Task, delivery_ids
+from utils.task import DecodeError, Task, broker_count, delivery_ids
 from worker.consumer import Consumer, consume
 from worker.handlers import Handler
 from worker.running import TaskRunner
@@ -170,6 +170,7 @@ class Worker:
                 prefetch=self.opts.prefetch,
                 fast_ack=self.opts.fast_ack,
                 known=None if first else self._queue,
+                url=url,
             )
         except TaskToolError:
             conn.close()
@@ -297,7 +298,7 @@ class Worker:
             # --max-attempts has: the common case skips the call.)
             # A delivery that carries the broker's count is from a queue that counts (a
             # quorum queue, even one whose type the declaration could not tell).
-            counted = H_DELIVERY_COUNT in (properties.headers or {})
+            counted = broker_count(properties.headers or {}) > 0
             before = decide(
                 REDELIVERED if redelivered else ARRIVED,
                 task.attempt,

@@ -15,7 +15,7 @@ from typing import Any
 from utils import broker
 from utils.errors import ConnectionLost
 from utils.logformat import EventLog, shorten
-from utils.task import H_ATTEMPT, H_REASON
+from utils.task import BROKER_COUNTS, H_ATTEMPT, H_REASON
 from utils.text import plural
 from worker.consumer import Consumer
 
@@ -45,7 +45,8 @@ class Action(Enum):
     """What happens to the message."""
 
     ACK = "ack"
-    #: nack with requeue: a quorum queue counts the delivery itself (x-delivery-count)
+    #: reject with requeue: a quorum queue counts the failed delivery itself
+    #: (x-delivery-count on every version; from RabbitMQ 4.3 a nack would not count)
     RETRY_REQUEUE = "retry by requeue"
     #: a confirmed copy with x-attempt + 1, then ack the original (a classic queue)
     RETRY_REPUBLISH = "retry by republish"
@@ -276,7 +277,7 @@ class Settler:
             if last:
                 consumer.cancel()
             if action is RETRY_REQUEUE:
-                consumer.nack(tag)
+                consumer.reject(tag)
             else:
                 # Acks waiting (all for earlier tags) go with this one: every delivery
                 # before it is then settled, so `multiple` acks exactly those.
@@ -351,6 +352,10 @@ class Settler:
             )
         headers = dict(properties.headers or {})
         if action is RETRY_REPUBLISH:
+            # The copy is a new message: the broker counts its deliveries afresh, and our
+            # x-attempt carries what went before.
+            for name in BROKER_COUNTS:
+                headers.pop(name, None)
             headers[H_ATTEMPT] = decision.attempt
             broker.publish_copy(consumer.connection, self.queue, body, properties, headers)
         elif action is DEAD_LETTER:
