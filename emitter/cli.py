@@ -22,6 +22,7 @@ from utils.options import (
     events_options,
     handle_errors,
     make_settings,
+    management_url_option,
     open_events,
 )
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
@@ -125,6 +126,7 @@ PREVIEW_ROWS = 5
 @events_options
 @broker_options
 @consumer_timeout_option
+@management_url_option
 @handle_errors
 def main(
     source,

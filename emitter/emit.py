@@ -65,7 +65,7 @@ def emit_rows(
 
     conn, url = broker.connect(settings, client_name="emit")
     try:
-        _, info = broker.declare_queue(conn, settings)
+        _, info = broker.declare_queue(conn, settings, url)
     finally:
         conn.close()
     run_id = new_run_id()

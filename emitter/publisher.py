@@ -152,7 +152,7 @@ class Publisher:
             try:
                 conn, url = broker.connect(self.settings, client_name="emit")
                 try:
-                    broker.declare_queue(conn, self.settings)
+                    broker.declare_queue(conn, self.settings, url)
                 finally:
                     conn.close()
                 return url

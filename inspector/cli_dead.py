@@ -10,7 +10,13 @@ import click
 from utils import broker
 from utils.errors import ConnectionLost, PublishRefused
 from utils.logformat import shorten
-from utils.options import broker_options, consumer_timeout_option, handle_errors, make_settings
+from utils.options import (
+    broker_options,
+    consumer_timeout_option,
+    handle_errors,
+    make_settings,
+    management_url_option,
+)
 from utils.task import ATTEMPT_HEADERS, delivery_ids, failure_reason
 from utils.text import plural
 
@@ -23,6 +29,7 @@ from utils.text import plural
 )
 @broker_options
 @consumer_timeout_option
+@management_url_option
 @handle_errors
 def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_dir: Path) -> None:
     """List the tasks that failed for good (in <queue>.dead), or retry them with --requeue.
@@ -33,9 +40,9 @@ def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_
     """
     settings = make_settings(urls, queue, queue_type, log_dir)
     dead_queue = broker.dead_letter_name(queue)
-    conn, _url = broker.connect(settings, client_name="tasks dead")
+    conn, url = broker.connect(settings, client_name="tasks dead")
     try:
-        _dead(conn, settings, dead_queue, requeue)
+        _dead(conn, settings, dead_queue, requeue, url)
     except (ConnectionLost, PublishRefused) as exc:
         raise ConnectionLost(
             f"lost the broker while reading {dead_queue}: {exc.message}",
@@ -46,7 +53,7 @@ def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_
         conn.close()
 
 
-def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
+def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool, url: str) -> None:
     counts = broker.queue_counts(conn, dead_queue)
     if counts is None:
         click.echo(f"no dead letters: {dead_queue} does not exist")
@@ -70,7 +77,7 @@ def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool) -> None:
         channel.give_back_all()
         click.echo(f"(left in place; 'tasks dead --requeue' sends them back to {settings.queue})")
         return
-    broker.declare_queue(conn, settings)
+    broker.declare_queue(conn, settings, url)
     for method, props, body in got:
         headers = {k: v for k, v in (props.headers or {}).items() if k not in ATTEMPT_HEADERS}
         broker.publish_copy(conn, settings.queue, body, props, headers)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import pika
 import pytest
 
-from tests.helpers import Relay, drain, queue_counts
+from tests.helpers import (
+    Relay,
+    declare_like_the_tutorial,
+    drain,
+    queue_counts,
+    task_policy_of,
+)
 from utils import broker
 from utils.errors import ConnectionLost, PublishRefused
+from utils.queues import dead_letter_settings, queue_arguments
 from utils.settings import Settings
 from utils.task import Task
 from worker.consumer import Consumer, consume
@@ -52,8 +60,10 @@ def test_a_copy_declares_its_queue_if_asked_and_is_persistent_with_the_new_heade
     assert props.headers == headers
 
 
-def test_a_channel_the_broker_closes_under_a_consumer_is_connection_lost_with_its_code(conn, queue):
-    consumer, info = consume(conn, Settings(queue=queue), prefetch=1)
+def test_a_channel_the_broker_closes_under_a_consumer_is_connection_lost_with_its_code(
+    conn, broker_url, queue
+):
+    consumer, info = consume(conn, Settings(urls=(broker_url,), queue=queue), prefetch=1)
     assert info.created
     consumer.ack(99)  # no such delivery: the broker closes the channel
     with pytest.raises(ConnectionLost) as lost:
@@ -65,7 +75,7 @@ def test_a_channel_the_broker_closes_under_a_consumer_is_connection_lost_with_it
 
 
 def test_a_queue_deleted_under_a_consumer_is_connection_lost(conn, broker_url, queue):
-    consumer, _info = consume(conn, Settings(queue=queue), prefetch=1)
+    consumer, _info = consume(conn, Settings(urls=(broker_url,), queue=queue), prefetch=1)
     other = pika.BlockingConnection(pika.URLParameters(broker_url))
     other.channel().queue_delete(queue)
     other.close()
@@ -103,40 +113,71 @@ def declare_raw(url: str, queue: str, arguments: dict | None) -> None:
         c.close()
 
 
-def test_a_quorum_queue_we_create_dead_letters_to_its_dead_queue_at_least_once(
+def test_a_quorum_queue_we_create_takes_the_tutorials_declaration_and_dead_letters_by_policy(
     conn, broker_url, queue
 ):
-    _channel, info = broker.declare_queue(conn, Settings(queue=queue))
-    assert info.created and info.queue_type == "quorum" and not info.no_dead_letter_args
-    # The broker accepts the same declaration again only if every argument matches.
-    declare_raw(
-        broker_url,
-        queue,
-        {
-            "x-queue-type": "quorum",
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": f"{queue}.dead",
-            "x-delivery-limit": broker.DELIVERY_LIMIT,
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        },
-    )
+    _channel, info = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    assert (info.created, info.queue_type, info.note) == (True, "quorum", "")
+    # Our policy, on this queue alone, gives what the broker needs never to drop a task ...
+    policy = task_policy_of(broker_url, queue)
+    assert policy is not None and policy["pattern"] == f"^{re.escape(queue)}$"
+    assert policy["definition"] == dead_letter_settings(queue)
     assert queue_counts(broker_url, f"{queue}.dead") == (0, 0)  # declared with it
-    # Declaring it again (emit, work and tasks all do) finds it as it is, with no note.
-    _channel, again = broker.declare_queue(conn, Settings(queue=queue))
+    # ... so the queue itself has only its type, and the tutorial's scripts declare it.
+    declare_like_the_tutorial(broker_url, queue)
+    # Declaring it again (emit, work and tasks all do) finds it as it is, with no note;
+    # the policy in force is looked up (work and tasks status) rather than assumed.
+    _channel, again = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    assert (again.created, again.queue_type, again.note) == (False, "quorum", "")
+    assert again.no_dead_letter_args
+    assert broker.probe_queue_type(conn, queue) == "quorum"
+
+
+#: A management URL where nothing answers (the discard port): no policy can be set there.
+NOWHERE = "http://127.0.0.1:9/"
+
+
+def test_where_no_policy_can_be_set_a_quorum_queue_carries_its_dead_letter_arguments(
+    conn, broker_url, queue
+):
+    settings = Settings(urls=(broker_url,), queue=queue, management_url=NOWHERE)
+    _channel, info = broker.declare_queue(conn, settings)
+    assert info.created and info.queue_type == "quorum"
+    assert task_policy_of(broker_url, queue) is None
+    assert "created with its dead-letter settings as arguments, since the management API" in (
+        info.note
+    )
+    assert "the RabbitMQ tutorial's scripts cannot declare it" in info.note
+    # The broker accepts the same declaration again only if every argument matches.
+    declare_raw(broker_url, queue, queue_arguments("quorum", queue))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="inequivalent arg"):
+        declare_like_the_tutorial(broker_url, queue)
+    _channel, again = broker.declare_queue(conn, settings)
     assert (again.created, again.queue_type, again.note, again.no_dead_letter_args) == (
         False,
         "quorum",
         "",
         False,
     )
-    assert broker.probe_queue_type(conn, queue) == "quorum"
 
 
+def test_a_queue_the_tutorial_made_first_is_ours_to_use_as_it_is(conn, broker_url, queue):
+    declare_like_the_tutorial(broker_url, queue)
+    _channel, info = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    assert (info.created, info.queue_type, info.no_dead_letter_args) == (False, "quorum", True)
+    assert task_policy_of(broker_url, queue) is None  # an existing queue is used as it is
+    declare_like_the_tutorial(broker_url, queue)
+
+
+@pytest.mark.parametrize("how", ["policy", "arguments"])
 def test_a_message_rejected_past_the_delivery_limit_lands_in_the_dead_queue_not_nowhere(
-    conn, broker_url, queue
+    conn, broker_url, queue, how
 ):
-    broker.declare_queue(conn, Settings(queue=queue))
+    """Another client that keeps rejecting a message: the broker gives up at its limit, into
+    <queue>.dead, whether our policy or the queue's own arguments set it. (From RabbitMQ 4.3
+    only a reject counts towards the limit: a nack is a plain return, which never does.)"""
+    nowhere = NOWHERE if how == "arguments" else None
+    broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue, management_url=nowhere))
     task = Task("bounced", "b-1")
     broker.publish_copy(conn, queue, task.encode(), task.properties(), {})
     channel = broker.open_channel(conn)
@@ -149,7 +190,7 @@ def test_a_message_rejected_past_the_delivery_limit_lands_in_the_dead_queue_not_
             conn.sleep(0.05)
             continue
         deliveries += 1
-        channel.nack(got[0].delivery_tag)
+        channel.reject(got[0].delivery_tag)
     assert deliveries == broker.DELIVERY_LIMIT + 1
     [(_m, props, body)] = drain(broker_url, f"{queue}.dead")
     assert body == b"bounced" and props.headers["x-first-death-reason"] == "delivery_limit"
@@ -160,7 +201,9 @@ def test_an_old_quorum_queue_without_dead_letter_arguments_is_used_as_it_is_and_
     conn, broker_url, queue, queue_type
 ):
     declare_raw(broker_url, queue, {"x-queue-type": "quorum"})  # as the code before made them
-    _channel, info = broker.declare_queue(conn, Settings(queue=queue, queue_type=queue_type))
+    _channel, info = broker.declare_queue(
+        conn, Settings(urls=(broker_url,), queue=queue, queue_type=queue_type)
+    )
     assert (info.created, info.queue_type, info.no_dead_letter_args) == (False, "quorum", True)
     assert info.note == (
         ""
@@ -175,23 +218,30 @@ def test_a_classic_queue_keeps_its_shape_for_us_and_for_the_tutorial(
     conn, broker_url, queue, arguments
 ):
     declare_raw(broker_url, queue, arguments)  # ours with --queue-type classic, the tutorial's
-    _channel, info = broker.declare_queue(conn, Settings(queue=queue))
+    _channel, info = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
     assert (info.queue_type, info.no_dead_letter_args) == ("classic", False)
     assert info.note == f"queue '{queue}' exists as a classic queue; using it as it is"
-    _channel, info = broker.declare_queue(conn, Settings(queue=queue, queue_type="classic"))
+    _channel, info = broker.declare_queue(
+        conn, Settings(urls=(broker_url,), queue=queue, queue_type="classic")
+    )
     assert (info.queue_type, info.note, info.no_dead_letter_args) == ("classic", "", False)
     declare_raw(broker_url, queue, arguments)  # still the tutorial's shape
 
 
 def test_a_quorum_queue_of_ours_is_used_as_it_is_by_a_classic_declaration(conn, broker_url, queue):
-    broker.declare_queue(conn, Settings(queue=queue))
-    _channel, info = broker.declare_queue(conn, Settings(queue=queue, queue_type="classic"))
-    assert (info.queue_type, info.no_dead_letter_args) == ("quorum", False)
+    broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    _channel, info = broker.declare_queue(
+        conn, Settings(urls=(broker_url,), queue=queue, queue_type="classic")
+    )
+    assert (info.queue_type, info.no_dead_letter_args) == ("quorum", True)  # by our policy
     assert info.note == f"queue '{queue}' exists as a quorum queue; using it as it is"
 
 
 def test_the_dead_letter_policy_gives_what_the_arguments_would():
-    assert broker.dead_letter_policy("q") == {
+    assert {f"x-{k}": v for k, v in dead_letter_settings("q").items()} == {
+        k: v for k, v in queue_arguments("quorum", "q").items() if k != "x-queue-type"
+    }
+    assert dead_letter_settings("q") == {
         "dead-letter-exchange": "",
         "dead-letter-routing-key": "q.dead",
         "delivery-limit": broker.DELIVERY_LIMIT,

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from tests.helpers import (
     ROOT,
+    declare_like_the_tutorial,
     drain,
     events,
     no_traceback,
     queue_counts,
     run,
     spawn,
+    task_policy_of,
     wait_for_event,
 )
 
@@ -53,17 +55,11 @@ def test_emit_publishes_exactly_the_csv_rows_with_bodies_and_properties(
 
 def test_emit_declares_a_durable_quorum_queue_by_default(env, broker_url, queue):
     assert run("emit", "--message", "x.", env=env).returncode == 0
-    import pika
-
-    from utils.broker import queue_arguments
-
-    conn = pika.BlockingConnection(pika.URLParameters(broker_url))
-    try:  # a declaration with the same arguments is accepted only if they match
-        conn.channel().queue_declare(
-            queue, durable=True, arguments=queue_arguments("quorum", queue)
-        )
-    finally:
-        conn.close()
+    # Declared as the RabbitMQ tutorial declares it (a declaration with other arguments
+    # would be refused), with its dead-letter settings from our policy ...
+    declare_like_the_tutorial(broker_url, queue)
+    policy = task_policy_of(broker_url, queue)
+    assert policy is not None and policy["definition"]["dead-letter-routing-key"] == f"{queue}.dead"
     # ... and its dead-letter target is there to take what the broker gives up on.
     assert queue_counts(broker_url, f"{queue}.dead") == (0, 0)
 

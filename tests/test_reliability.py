@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,15 +24,18 @@ import pytest
 from tests.helpers import (
     BIN,
     RABBITMQ,
+    RABBITMQ_VERSION,
     ROOT,
     Proc,
     broker_report,
+    declare_like_the_tutorial,
     done_rows,
     drain,
     events,
     queue_ready,
     run,
     spawn,
+    task_policy_of,
     wait_for,
     wait_for_event,
     wait_for_stream_event,
@@ -49,7 +53,7 @@ RESULTS_FILE = Path(
         ROOT
         / "bench"
         / "results"
-        / ("reliability-rabbitmq4.json" if RABBITMQ == 4 else "reliability.json"),
+        / ("reliability.json" if RABBITMQ == "3" else f"reliability-rabbitmq{RABBITMQ}.json"),
     )
 )
 
@@ -379,12 +383,23 @@ def test_7_a_task_longer_than_consumer_timeout_is_stopped_said_and_dead_lettered
     )
     # Each attempt: started, then -- while the task still runs (it would take 30 s) -- the
     # broker's words naming consumer_timeout, then the worker stops it; 3 attempts, no more.
+    # RabbitMQ 3.10 and 4.0 close the channel, naming the timeout; 4.3 cancels the consumer
+    # (basic.cancel, the channel left open), which names nothing: the worker tells it from a
+    # deleted queue, and says how long the task had run.
     said = [e for e in evs if e["event"] == "connection_lost"]
     assert len(said) == 3, evs
     for e in said:
-        assert e["reason"] == (
-            "the broker's consumer_timeout (3 s) ran out: it has given this task back to the queue"
-        )
+        if RABBITMQ_VERSION >= (4, 3):
+            assert re.fullmatch(
+                r"the broker's consumer_timeout ran out after [3-9] s: it has given this task "
+                r"back to the queue",
+                e["reason"],
+            ), e
+        else:
+            assert e["reason"] == (
+                "the broker's consumer_timeout (3 s) ran out: it has given this task back to "
+                "the queue"
+            )
     started = [e for e in evs if e["event"] == "started"]
     stopped = [e for e in evs if e["event"] == "requeued"]
     assert [e["attempt"] for e in started] == ["1", "2", "3"]
@@ -408,18 +423,49 @@ def test_7_a_task_longer_than_consumer_timeout_is_stopped_said_and_dead_lettered
     assert "consumer_timeout" in again["cause"]
 
 
+def test_7_a_classic_queue_under_consumer_timeout_per_version(make_node, scenario):
+    """As 7, on a classic queue, one worker, an 8 s task. 3.10 and 4.0 time classic queues
+    out too: the worker counts each lost attempt itself (a confirmed copy, x-attempt + 1)
+    and dead-letters the task after 3. 4.3 enforces no consumer timeout on a classic queue,
+    by design: the task simply runs to its end, once."""
+    node = make_node(**SHORT_CONSUMER_TIMEOUT)
+    r = on_node(scenario, node)
+    r.env = {**r.env, "TASK_QUEUE_TYPE": "classic"}
+    r.start_workers(1, "--seconds-per-dot", "1")
+    r.emit("--message", "Task 1 ........")
+    log = log_of(r, r.workers[0])
+    if RABBITMQ_VERSION >= (4, 3):
+        r.wait_done(1)
+        assert "connection_lost" not in [e["event"] for e in events(log)]
+        check_and_record("7d classic queue, a task longer than consumer_timeout", r, 1)
+        return
+    [dead] = wait_for_event(log, "dead_lettered")
+    assert dead["reason"].endswith("on attempt 3; attempt 4 would be past --max-attempts 3")
+    stopped = [e for e in events(log) if e["event"] == "requeued"]
+    assert [e["reason"] for e in stopped] == ["consumer_timeout"] * 3
+    check_and_record("7d classic queue, a task longer than consumer_timeout", r, 1, dead=(1,))
+
+
 def test_7_consumer_timeout_raised_for_a_queue_we_create_where_the_broker_lets_us(
     make_node, scenario
 ):
-    """work --consumer-timeout gives the queue it creates x-consumer-timeout: RabbitMQ 4
-    (3.12 and later) lets a 6 s task through a 3 s node timeout; 3.10 has no per-queue
-    timeout: the worker says so, with what to do instead, and the node's 3 s stands."""
-    node = make_node(**SHORT_CONSUMER_TIMEOUT)
+    """work --consumer-timeout 20 creating the queue, a 6 s task, a node timeout of 3 s.
+    4.0 (3.12 to 4.2): the queue it creates gets x-consumer-timeout. 4.3: the worker's own
+    consumer asks for it (x-consumer-timeout on basic.consume). Either way the task goes
+    through. 3.10 has no per-queue timeout: the worker says so, with what to do instead,
+    and the node's 3 s stands. The node has the management API, so the queue is created as
+    users get it: our policy carries the dead-letter settings and (4.0, 4.3) the timeout."""
+    node = make_node(**SHORT_CONSUMER_TIMEOUT, management=True)
     r = on_node(scenario, node)
     r.start_workers(1, "--seconds-per-dot", "1", "--consumer-timeout", "20")
     r.emit("--message", "Task 1 ......")
     log = log_of(r, r.workers[0])
-    if RABBITMQ == 4:
+    policy = task_policy_of(node.url, r.env["TASK_QUEUE"])
+    assert policy is not None
+    assert policy["definition"].get("consumer-timeout") == (
+        20000 if RABBITMQ_VERSION >= (4,) else None
+    )
+    if RABBITMQ_VERSION >= (4,):
         r.wait_done(1)
         kinds = [e["event"] for e in events(log)]
         assert "queue_warning" not in kinds and "connection_lost" not in kinds
@@ -434,6 +480,46 @@ def test_7_consumer_timeout_raised_for_a_queue_we_create_where_the_broker_lets_u
             "tasks": 1,
             "note": "RabbitMQ 3.10 ignores x-consumer-timeout; the node's 3 s closed the channel",
         }
+
+
+def test_7_consumer_timeout_for_a_queue_someone_else_made(make_node, scenario):
+    """As 7b, on a quorum queue the RabbitMQ tutorial's own declaration made before any of
+    ours ran. 4.3: the worker's consumer argument outranks the queue and the node, so the
+    6 s task goes through. 4.0: only a policy can give an existing queue a timeout, and the
+    worker says so at start, with the one command (and the node's 3 s stands). 3.10: no
+    per-queue timeout at all, as in 7b."""
+    node = make_node(**SHORT_CONSUMER_TIMEOUT)
+    r = on_node(scenario, node)
+    declare_like_the_tutorial(node.url, r.env["TASK_QUEUE"])
+    r.start_workers(1, "--seconds-per-dot", "1", "--consumer-timeout", "20")
+    r.emit("--message", "Task 1 ......")
+    log = log_of(r, r.workers[0])
+    if RABBITMQ_VERSION >= (4, 3):
+        r.wait_done(1)
+        kinds = [e["event"] for e in events(log)]
+        assert "connection_lost" not in kinds
+        # The one line at start is the queue's missing dead-letter target (the tutorial
+        # made it; this node has no management API to check a policy), not the timeout.
+        warnings = [e["note"] for e in events(log) if e["event"] == "queue_warning"]
+        assert all("consumer timeout" not in n for n in warnings), warnings
+        check_and_record("7c --consumer-timeout 20, a queue the tutorial made", r, 1)
+        return
+    warned = [e["note"] for e in wait_for_event(log, "queue_warning")]
+    if RABBITMQ_VERSION >= (4,):
+        assert any(
+            "a consumer timeout that --consumer-timeout cannot change" in n
+            and '"consumer-timeout":20000' in n
+            for n in warned
+        ), warned
+    else:
+        assert any("has no per-queue consumer timeout" in n for n in warned), warned
+    lost = wait_for_event(log, "connection_lost")
+    assert "consumer_timeout (3 s)" in lost[0]["reason"]
+    RESULTS["7c --consumer-timeout 20, a queue the tutorial made"] = {
+        "tasks": 1,
+        "note": "the worker named the policy command (4.0) or the node setting (3.10); the "
+        "node's 3 s closed the channel",
+    }
 
 
 # 8 -------------------------------------------------------------------------------------------
@@ -607,22 +693,27 @@ def test_12_a_task_that_kills_its_worker_every_time_is_dead_lettered_after_max_a
 
 
 # 13 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["reject", "nack"])
 def test_13_a_foreign_consumer_that_keeps_rejecting_a_task_leaves_it_in_the_dead_queue(
-    scenario,
+    scenario, broker_version, how
 ):
-    """Another client on our quorum queue nacks (requeue) one of our tasks, again and again.
-    The broker gives up at the queue's delivery limit and dead-letters it to <queue>.dead,
-    with its reason; nothing is dropped (RabbitMQ 4 would drop it with no dead-letter
-    target). `tasks dead --requeue` then gives it back to our workers."""
+    """Another client on our quorum queue gives one of our tasks back (requeue), up to 30
+    times. A reject is a failed delivery on every version: the broker gives up at the
+    queue's delivery limit and dead-letters it to <queue>.dead, with its reason; nothing is
+    dropped (RabbitMQ 4 would drop it with no dead-letter target). A nack counts the same
+    on 3.10 and 4.0; from 4.3 it is a plain return that the limit never sees, by design
+    ("unlimited explicit returns"): the task stays in the queue, not lost, and our worker,
+    which counts every return (x-acquired-count), dead-letters it once it is past
+    --max-attempts. `tasks dead --requeue` then gives it back to our workers."""
     r = scenario
     url, queue = r.env["AMQP_URL"], r.env["TASK_QUEUE"]
     r.emit("--message", "Task 1 .", "--message", "Task 2 .")
     conn = pika.BlockingConnection(pika.URLParameters(url))
-    nacks = 0
+    returns = 0
     try:
         ch = conn.channel()
         misses = 0
-        while nacks < 30 and misses < 20:  # up to 30 nacks, or until the broker keeps it
+        while returns < 30 and misses < 20:  # up to 30 returns, or until the broker keeps it
             method, props, _ = ch.basic_get(queue)
             if method is None:
                 misses += 1
@@ -631,18 +722,43 @@ def test_13_a_foreign_consumer_that_keeps_rejecting_a_task_leaves_it_in_the_dead
             misses = 0
             if props.headers.get("source-row") == 2:
                 continue  # held unacked: the broker gives it back when we close
-            nacks += 1
-            ch.basic_nack(method.delivery_tag, requeue=True)
+            returns += 1
+            if how == "reject":
+                ch.basic_reject(method.delivery_tag, requeue=True)
+            else:
+                ch.basic_nack(method.delivery_tag, requeue=True)
     finally:
         conn.close()
-    assert nacks == DELIVERY_LIMIT + 1 < 30
-    wait_for("row 2 back in the queue", lambda: queue_ready(url, queue) == 1)
+    limitless = how == "nack" and broker_version >= (4, 3)
+    if limitless:
+        assert returns == 30  # never taken away by the broker
+        wait_for("rows 1 and 2 back in the queue", lambda: queue_ready(url, queue) == 2)
+        # Waiting there is not missing.
+        waiting = run("tasks", "report", str(r.logs), "--json", env=r.env)
+        assert waiting.returncode == 0, waiting.stdout + waiting.stderr
+        r.start_workers(1, "--seconds-per-dot", "0")
+        [dead] = wait_for_event(log_of(r, r.workers[0]), "dead_lettered")
+        assert dead["row"] == "1"
+        assert dead["reason"].endswith("attempt 31 would be past --max-attempts 3"), dead
+    else:
+        assert returns == DELIVERY_LIMIT + 1 < 30
+        wait_for("row 2 back in the queue", lambda: queue_ready(url, queue) == 1)
     listed = run("tasks", "dead", env=r.env)
     assert listed.returncode == 0, listed.stderr
     assert "row 1 " in listed.stdout
-    assert f"the broker dead-lettered it from {queue}: delivery_limit" in listed.stdout
+    if not limitless:
+        assert f"the broker dead-lettered it from {queue}: delivery_limit" in listed.stdout
     back = run("tasks", "dead", "--requeue", env=r.env)
     assert back.returncode == 0 and "moved 1 dead letter back" in back.stdout, back.stderr
-    r.start_workers(1, "--seconds-per-dot", "0")
+    if not r.workers:
+        r.start_workers(1, "--seconds-per-dot", "0")
     r.wait_done(2)
-    check_and_record("13 a foreign consumer rejects a task 30 times", r, 2, broker_deliveries=nacks)
+    name = f"13 a foreign consumer {'rejects' if how == 'reject' else 'nacks'} a task 30 times"
+    if not limitless:
+        check_and_record(name, r, 2, broker_deliveries=returns)
+        return
+    # Our worker dead-lettered it, then did it once requeued: the report says both.
+    r.stop_workers()
+    audit = r.report()["audit"]
+    assert (audit["missing"], audit["done_once"], audit["dead_lettered"]) == ([], [1, 2], [1])
+    RESULTS[name] = {"tasks": 2, "missing": 0, "duplicates": 0, "broker_deliveries": returns}

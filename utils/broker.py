@@ -20,7 +20,6 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,8 +37,19 @@ from utils.errors import (
     QueueNotFound,
     TaskToolError,
 )
+from utils.management import ensure_task_policy
+from utils.queues import (
+    DELIVERY_LIMIT,
+    QueueInfo,
+    consumer_timeout_argument,
+    dead_letter_name,
+    queue_arguments,
+    task_policy,
+)
 from utils.settings import Settings, TlsFiles, mask_url, url_host, url_vhost
 from utils.task import copy_properties
+
+__all__ = ["DELIVERY_LIMIT", "QueueInfo", "dead_letter_name", "queue_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +144,6 @@ def _our_errors(f: Callable[_P, _R]) -> Callable[_P, _R]:
             raise _lost(exc) from None
 
     return wrapper
-
-
-def dead_letter_name(queue: str) -> str:
-    """The dead-letter queue of a work queue: `<queue>.dead`."""
-    return f"{queue}.dead"
 
 
 class Backoff:
@@ -337,60 +342,9 @@ def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
 
 
-@dataclass(frozen=True)
-class QueueInfo:
-    """What we learnt about the work queue while declaring it."""
-
-    name: str
-    queue_type: str  # quorum, classic, or "as it is" when the broker did not say
-    created: bool
-    messages: int
-    consumers: int
-    note: str = ""
-    #: A quorum queue whose own arguments name no dead-letter target (one made before we
-    #: declared them, or by another tool): the broker drops what it gives up on, unless a
-    #: policy sets one (utils/management.py looks). False for every other queue.
-    no_dead_letter_args: bool = False
-
-
-#: The delivery limit of the quorum queues we create. The broker dead-letters a message
-#: delivered this many times plus one (to <queue>.dead, with x-death reason delivery_limit).
-#: Our workers dead-letter a task themselves once past --max-attempts (3 by default), so
-#: this limit only acts on what they never see: another consumer that keeps rejecting a
-#: message, or --max-attempts set above it. 20 is RabbitMQ 4's own default, so the broker
-#: gives up at the count it would anyway, but into <queue>.dead instead of dropping it.
-DELIVERY_LIMIT = 20
-
 #: The arguments that name a queue's dead-letter target.
 _DEAD_LETTER_ARGS = ("x-dead-letter-exchange", "x-dead-letter-routing-key")
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*current is (?P<current>.*)$")
-
-
-def queue_arguments(queue_type: str, name: str) -> dict[str, Any]:
-    """The arguments we declare a new work queue with (a quorum queue: its dead letters).
-
-    A quorum queue dead-letters to <queue>.dead at DELIVERY_LIMIT, at least once: the broker
-    keeps a dead letter until <queue>.dead has confirmed it (docs/DESIGN.md). That strategy
-    needs x-overflow reject-publish, which matters only under a length limit: a full queue
-    then refuses new messages (emit reports them) instead of dropping its oldest.
-    A classic queue has no delivery limit, so nothing there is dropped by the broker.
-    """
-    if queue_type != "quorum":
-        return {"x-queue-type": queue_type}
-    return {
-        "x-queue-type": "quorum",
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": dead_letter_name(name),
-        "x-delivery-limit": DELIVERY_LIMIT,
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-    }
-
-
-def dead_letter_policy(queue: str) -> dict[str, Any]:
-    """A policy definition that gives an existing quorum queue what queue_arguments would."""
-    args = queue_arguments("quorum", queue)
-    return {k.removeprefix("x-"): v for k, v in args.items() if k != "x-queue-type"}
 
 
 def _probe(
@@ -415,11 +369,15 @@ def _probe(
 
 @_our_errors
 def declare_queue(
-    connection: pika.BlockingConnection, settings: Settings
+    connection: pika.BlockingConnection, settings: Settings, url: str = ""
 ) -> tuple[BlockingChannel, QueueInfo]:
     """Make sure the work queue exists, using an existing one as it is where we safely can.
 
-    A quorum queue we create gets a dead-letter target, <queue>.dead, declared with it.
+    A quorum queue we create gets a dead-letter target, <queue>.dead, declared with it:
+    from our policy where the management API lets us set one, so that the queue is
+    declared as the RabbitMQ tutorial declares it (x-queue-type alone) and its scripts
+    share it; else from the queue's own arguments, which the tutorial's declaration
+    cannot match (docs/DESIGN.md). `url` is the AMQP URL `connection` was opened with.
     Returns an open channel (a 406 or 404 closes the one it happened on) and what we found.
     """
     name = settings.queue
@@ -429,19 +387,15 @@ def declare_queue(
     except px.ChannelClosedByBroker as exc:
         if exc.reply_code != NOT_FOUND:
             raise _queue_error(exc, name) from None
+        arguments, note = _new_queue_arguments(connection, settings, url or settings.url)
         channel = connection.channel()
-        arguments = queue_arguments(settings.queue_type, name)
-        if settings.consumer_timeout:
-            # RabbitMQ 3.12 and later apply it to this queue's consumers; 3.10 ignores it.
-            # The broker does not compare it on a later declaration, so it never clashes.
-            arguments["x-consumer-timeout"] = round(settings.consumer_timeout * 1000)
         try:
             if settings.queue_type == "quorum":
                 _ensure(connection, dead_letter_name(name))
             channel.queue_declare(name, durable=True, arguments=arguments)
         except px.ChannelClosedByBroker as exc2:
             raise _queue_error(exc2, name) from None
-        return channel, QueueInfo(name, settings.queue_type, True, 0, 0)
+        return channel, QueueInfo(name, settings.queue_type, True, 0, 0, note)
 
     channel.close()
     channel, info = _shape(connection, name, settings.queue_type, ok.method)
@@ -450,6 +404,41 @@ def declare_queue(
         # an operator may have deleted it, and at least once, the broker waits for it.
         _ensure(connection, dead_letter_name(name))
     return channel, info
+
+
+def _new_queue_arguments(
+    connection: pika.BlockingConnection, settings: Settings, url: str
+) -> tuple[dict[str, Any], str]:
+    """The arguments to create the work queue with, and a note when they may surprise.
+
+    A quorum queue takes its dead-letter settings (and a consumer timeout asked for) from
+    our policy, set first; where that cannot be, from its own arguments, and the note says
+    why the tutorial's scripts will then be refused. x-consumer-timeout goes on the queue
+    only where the broker honours it without comparing it (3.12 to 4.2).
+    """
+    name, version = settings.queue, server_version(connection)
+    timeout_ms = round(settings.consumer_timeout * 1000) if settings.consumer_timeout else None
+    note = ""
+    in_policy = False
+    if settings.queue_type == "quorum":
+        definition = task_policy(name, timeout_ms, version)
+        policy = ensure_task_policy(url, name, definition, settings.management_url)
+        if policy.in_force:
+            arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+            in_policy = policy.note == "" and "consumer-timeout" in definition
+        else:
+            arguments = queue_arguments("quorum", name)
+            note = (
+                f"queue '{name}' was created with its dead-letter settings as arguments, "
+                f"since {policy.note}: the RabbitMQ tutorial's scripts cannot declare it "
+                "(406 inequivalent arg); docs/DESIGN.md says how to share a queue with them"
+            )
+    else:
+        arguments = queue_arguments(settings.queue_type, name)
+    if timeout_ms and not in_policy and consumer_timeout_argument(version):
+        # The broker does not compare it on a later declaration, so it never clashes.
+        arguments["x-consumer-timeout"] = timeout_ms
+    return arguments, note
 
 
 @_our_errors
@@ -652,9 +641,14 @@ class Channel:
     def __init__(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> None:
         self.connection = connection
         self._channel = channel
+        #: Set once this channel must not be used any more, though pika still has it open
+        #: (RabbitMQ 4.3 cancelled our consumer on a consumer_timeout): every call raises it.
+        self._unusable: ConnectionLost | None = None
 
     def _lost_error(self, exc: BaseException | None = None) -> ConnectionLost:
         """ConnectionLost for this channel, with the broker's reason when the broker closed it."""
+        if self._unusable is not None:
+            return self._unusable
         if exc is None or isinstance(exc, px.ChannelWrongStateError):
             # pika raises "Channel is closed." and keeps the broker's Channel.Close (its
             # code and text, such as a consumer_timeout) only on a private attribute.
@@ -666,6 +660,8 @@ class Channel:
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
         """Within it, a lost connection or channel is ConnectionLost, with the broker's reason."""
+        if self._unusable is not None:
+            raise self._unusable
         try:
             yield
         except _LOST_ERRORS as exc:
@@ -676,13 +672,9 @@ class Channel:
         with self.errors():
             self._channel.basic_ack(tag, multiple=multiple)
 
-    def nack(self, tag: int) -> None:
-        """Give one delivery back to its queue (a quorum queue counts it as a delivery)."""
-        with self.errors():
-            self._channel.basic_nack(tag, requeue=True)
-
     def reject(self, tag: int) -> None:
-        """Give one delivery back to its queue, unfinished."""
+        """Give one delivery back to its queue: a failed delivery, which a quorum queue counts
+        on every version (x-delivery-count; from 4.3 a nack counts only as a return)."""
         with self.errors():
             self._channel.basic_reject(tag, requeue=True)
 
@@ -748,8 +740,7 @@ class Consuming(Channel):
 
         Raises ConnectionLost when the connection or channel is gone (the broker has taken
         back what it delivered on it, so the deliveries not yet taken cannot be acked
-        either), or when the broker cancelled our consumer (once the deliveries already here,
-        which can still be acked, are taken).
+        either), or when the broker cancelled our consumer (see broker_cancelled).
         """
         with self.errors():
             self.connection.process_data_events(time_limit=seconds)
@@ -757,11 +748,29 @@ class Consuming(Channel):
         # consumer_timeout, say): a task still running learns of it here, within a pump.
         if not self._channel.is_open:
             raise self._lost_error()
-        if self._cancelled_by_broker and not self.deliveries:
-            raise ConnectionLost(
-                "the broker cancelled our consumer: the queue was deleted, or the node "
-                "holding it went away; declaring it again"
-            )
+        if self._cancelled_by_broker:
+            lost = self.broker_cancelled()
+            if lost is not None:
+                raise lost
+
+    def broker_cancelled(self) -> ConnectionLost | None:
+        """What the broker's basic.cancel of our consumer means: the error to raise, or None
+        while deliveries already here (which can still be acked) wait to be taken.
+
+        basic.cancel carries no cause. A queue deleted, or (before RabbitMQ 4) lost with its
+        node, cancels consumers; the worker's consumer tells a consumer_timeout apart.
+        """
+        if self.deliveries:
+            return None
+        return ConnectionLost(
+            "the broker cancelled our consumer: the queue was deleted, or the node "
+            "holding it went away; declaring it again"
+        )
+
+    def make_unusable(self, why: ConnectionLost) -> ConnectionLost:
+        """From now on every call on this channel raises `why` (returned, to raise now)."""
+        self._unusable = why
+        return why
 
 
 def _queue_error(exc: px.ChannelClosedByBroker, name: str) -> TaskToolError:
@@ -796,6 +805,20 @@ def consumer_timeout_of(exc: BaseException) -> float | None:
         return None
     m = _TIMEOUT_USED.search(text)
     return int(m[1]) / 1000 if m else 0.0
+
+
+def timed_out(seconds: float, after: float | None = None) -> ConnectionLost:
+    """ConnectionLost for a consumer_timeout that RabbitMQ 4.3 signalled with basic.cancel:
+    of `seconds` (0: unknown; then `after`, the time the task had run, says how long)."""
+    value = f" ({seconds:g} s)" if seconds else ""
+    ran = f" after {after:.0f} s" if not seconds and after is not None else ""
+    return ConnectionLost(
+        f"the broker's consumer_timeout{value} ran out{ran}: it has given this task back to "
+        "the queue",
+        "",
+        PRECONDITION_FAILED,
+        consumer_timeout=seconds,
+    )
 
 
 def plain_reason(exc: BaseException) -> str:

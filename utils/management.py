@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from utils.broker import DELIVERY_LIMIT, QueueInfo, dead_letter_policy
+from utils.queues import (
+    CONSUMER_ARGUMENT_SINCE,
+    CONSUMER_TIMEOUT_SINCE,
+    DELIVERY_LIMIT,
+    QueueInfo,
+    dead_letter_settings,
+    policy_name,
+)
 from utils.settings import Settings, mask_url, url_vhost
 
 #: Seconds we give the management API to answer before saying it did not.
@@ -51,6 +58,13 @@ def fetch_json(base_url: str, path: str, credentials_from: str = "") -> dict[str
 
 
 def _get(base_url: str, path: str, credentials_from: str = "") -> Any:
+    return _request("GET", base_url, path, credentials_from)
+
+
+def _request(
+    method: str, base_url: str, path: str, credentials_from: str = "", body: Any = None
+) -> Any:
+    """One call to the API: its JSON answer (None when it answered with no body)."""
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ManagementUnavailable("not an http(s) URL")
@@ -58,12 +72,16 @@ def _get(base_url: str, path: str, credentials_from: str = "") -> Any:
     user, password = unquote(creds.username or "guest"), unquote(creds.password or "guest")
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/", "", ""))
-    request = urllib.request.Request(base + path)
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(base + path, data=data, method=method)
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     request.add_header("Authorization", f"Basic {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT) as response:
-            return json.loads(response.read().decode("utf-8"))
+            text = response.read().decode("utf-8")
+            return json.loads(text) if text.strip() else None
     except urllib.error.HTTPError as exc:
         raise ManagementUnavailable(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
@@ -113,7 +131,14 @@ def queue_settings(amqp_url: str, queue: str, management_url: str | None) -> Que
 def _policy_in_force(policies: Any, queue: str) -> dict[str, Any]:
     """The definition of the policy that applies to a quorum queue: of those whose pattern
     matches its name, the one with the highest priority."""
+    return _policy_applying(policies, queue)[1]
+
+
+def _policy_applying(policies: Any, queue: str) -> tuple[str, dict[str, Any]]:
+    """(name, definition) of the policy that applies to a quorum queue: of those whose
+    pattern matches its name, the one with the highest priority; ("", {}) when none does."""
     best: dict[str, Any] = {}
+    best_name = ""
     top = None
     for p in policies if isinstance(policies, list) else []:
         if not isinstance(p, dict) or p.get("apply-to") not in ("all", "queues", "quorum_queues"):
@@ -126,7 +151,57 @@ def _policy_in_force(policies: Any, queue: str) -> dict[str, Any]:
         priority = p.get("priority", 0)
         if top is None or (isinstance(priority, int) and priority > top):
             top, best = priority, dict(p.get("definition") or {})
-    return best
+            best_name = str(p.get("name", ""))
+    return best_name, best
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """Whether a policy gives a new quorum work queue its dead-letter settings."""
+
+    #: True: a policy in force (ours, just set, or the user's own) dead-letters for the
+    #: queue, so the queue is declared with x-queue-type alone, as the tutorial declares it.
+    in_force: bool
+    #: Why not, in a few words, when not; which policy, when it is the user's.
+    note: str = ""
+
+
+def ensure_task_policy(
+    amqp_url: str, queue: str, definition: dict[str, Any], management_url: str | None
+) -> PolicyOutcome:
+    """Set our policy `<queue>-tasks` (this queue only) before the queue is created; never raises.
+
+    One policy applies to a queue at a time, so a policy of the user's that already
+    matches the name is left alone: if it names a dead-letter target, that serves; if it
+    does not, ours would displace it, so none is set and the caller declares the
+    dead-letter settings as arguments instead (docs/DESIGN.md).
+    """
+    api = management_url or default_management_url(amqp_url)
+    vhost = quote(url_vhost(amqp_url), safe="")
+    ours = policy_name(queue)
+    try:
+        policies = _get(api, f"api/policies/{vhost}", amqp_url)
+    except ManagementUnavailable as exc:
+        return PolicyOutcome(False, f"the management API at {mask_url(api)} did not answer ({exc})")
+    name, found = _policy_applying(policies, queue)
+    if name and name != ours:
+        if found.get("dead-letter-exchange") is not None:
+            return PolicyOutcome(True, f"policy '{name}' gives it a dead-letter target")
+        return PolicyOutcome(
+            False,
+            f"policy '{name}' applies to it and names no dead-letter target; ours would "
+            "displace it",
+        )
+    body = {"pattern": f"^{re.escape(queue)}$", "definition": definition, "apply-to": "queues"}
+    try:
+        _request("PUT", api, f"api/policies/{vhost}/{quote(ours, safe='')}", amqp_url, body)
+    except ManagementUnavailable as exc:
+        why = str(exc)
+        if why.startswith(("HTTP 401", "HTTP 403")):
+            user = unquote(urlsplit(amqp_url).username or "guest")
+            why = f"user '{user}' may not set policies: it needs the policymaker tag ({why})"
+        return PolicyOutcome(False, f"the policy could not be set: {why}")
+    return PolicyOutcome(True)
 
 
 def policy_command(queue: str, vhost: str, definition: dict[str, Any]) -> str:
@@ -137,10 +212,6 @@ def policy_command(queue: str, vhost: str, definition: dict[str, Any]) -> str:
         f"{shlex.quote('^' + re.escape(queue) + '$')} "
         f"{shlex.quote(json.dumps(definition, separators=(',', ':')))} --apply-to queues"
     )
-
-
-#: x-consumer-timeout (queue argument) and the consumer-timeout policy key came in 3.12.
-CONSUMER_TIMEOUT_SINCE = (3, 12)
 
 
 def queue_warnings(
@@ -158,6 +229,16 @@ def queue_warnings(
     """
     lines: list[str] = []
     timeout_ms = round(settings.consumer_timeout * 1000) if settings.consumer_timeout else None
+    if timeout_ms and broker_version >= CONSUMER_ARGUMENT_SINCE:
+        # 4.3 and later: the worker's own consumer asks for it, on any quorum queue; a
+        # classic queue has no consumer timeout at all there.
+        if info.queue_type == "classic":
+            lines.append(
+                f"RabbitMQ {'.'.join(map(str, broker_version))} enforces no consumer timeout "
+                "on classic queues, so a task may take as long as it needs here; "
+                "--consumer-timeout changes nothing"
+            )
+        timeout_ms = None
     if timeout_ms and broker_version and broker_version < CONSUMER_TIMEOUT_SINCE:
         version = ".".join(map(str, broker_version))
         lines.append(
@@ -188,7 +269,7 @@ def queue_warnings(
     if not gaps:
         return lines
     if need_dead_letter:
-        wanted.update(dead_letter_policy(info.name))
+        wanted.update(dead_letter_settings(info.name))
     unsure = (
         ""
         if found.answered

@@ -155,7 +155,7 @@ def _remember(ctx: click.Context, param: click.Parameter, value: object) -> None
 
 
 def consumer_timeout_option(f: F) -> F:
-    """--consumer-timeout: the x-consumer-timeout of a queue this command creates."""
+    """--consumer-timeout: how long a worker may hold a task (docs/WORKER.md, by version)."""
     return click.option(
         "--consumer-timeout",
         envvar="TASK_CONSUMER_TIMEOUT",
@@ -163,8 +163,9 @@ def consumer_timeout_option(f: F) -> F:
         metavar="SECONDS",
         expose_value=False,
         callback=_remember,
-        help="How long the broker lets a worker hold a task unacknowledged, for a queue this "
-        "command creates (env TASK_CONSUMER_TIMEOUT; RabbitMQ 3.12 and later). Raise it "
+        help="How long the broker lets a worker hold a task unacknowledged (env "
+        "TASK_CONSUMER_TIMEOUT): on RabbitMQ 4.3 the worker's own consumer asks for it, on "
+        "any quorum queue; on 3.12 to 4.2 a queue this command creates gets it. Raise it "
         "for tasks longer than the broker's consumer_timeout (30 minutes by default).",
     )(f)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from utils import broker
 from utils.errors import ConnectionLost, QueueNotFound
+from utils.queues import consumer_timeout_on_consume
 from utils.settings import Settings
 from worker.fastack import open_fast_ack
 
@@ -32,6 +34,43 @@ class Consumer(broker.Consuming):
         self._dropped = False
         #: Acks written to the socket directly (worker/fastack.py), or None: basic_ack only.
         self._fast = open_fast_ack(connection, self._channel) if fast_ack else None
+        #: When the task in hand began (time.monotonic()), while the worker runs one.
+        self.in_hand: float | None = None
+        #: The x-consumer-timeout this consumer asked for, in seconds (None: the broker's).
+        self.timeout: float | None = None
+
+    def broker_cancelled(self) -> ConnectionLost | None:
+        """Tell RabbitMQ 4.3's consumer_timeout from a deleted queue, after a basic.cancel.
+
+        4.3 signals a consumer_timeout with basic.cancel and leaves the channel open, where
+        4.0 closed it; the cancel names no cause. So while a task is in hand, a queue still
+        there (asked on a channel of its own) means the timeout: the task goes back to the
+        queue and the channel is left for good, unsettled (settling on it can resume a
+        consumer pika has dropped). Either way the worker drops the connection and consumes
+        again; a deleted queue is declared again.
+        """
+        lost = super().broker_cancelled()
+        if lost is None or self.in_hand is None:
+            return lost
+        if broker.queue_counts(self.connection, self.queue) is None:
+            return lost
+        if self.timeout:
+            lost = broker.timed_out(self.timeout)
+        else:
+            lost = broker.timed_out(0.0, after=time.monotonic() - self.in_hand)
+        return self.make_unusable(lost)
+
+    def start_consuming(self, prefetch: int, queue_type: str) -> None:
+        """Consume with this prefetch, asking for our own consumer timeout where the broker
+        takes one (RabbitMQ 4.3, quorum queues): --consumer-timeout, on any queue."""
+        arguments = None
+        if self.timeout and consumer_timeout_on_consume(
+            queue_type, broker.server_version(self.connection)
+        ):
+            arguments = {"x-consumer-timeout": round(self.timeout * 1000)}
+        else:
+            self.timeout = None  # the broker's (or the queue's) applies
+        self.start(prefetch, arguments)
 
     def ack(self, tag: int, multiple: bool = False) -> None:
         """Acknowledge one delivery (`multiple`: and every earlier one still unacked)."""
@@ -61,7 +100,7 @@ class Consumer(broker.Consuming):
         if self._tag is None:
             return
         tag, self._tag = self._tag, None
-        if not (self.connection.is_open and self._channel.is_open):
+        if self._unusable is not None or not (self.connection.is_open and self._channel.is_open):
             raise self._lost_error()  # pika asserts on cancelling a consumer of a closed channel
         with self.errors():
             with broker.answer_within(self.connection, "basic.cancel"):
@@ -96,10 +135,12 @@ def consume(
     prefetch: int,
     fast_ack: bool = False,
     known: broker.QueueInfo | None = None,
+    url: str = "",
 ) -> tuple[Consumer, broker.QueueInfo]:
     """Declare the work queue (broker.declare_queue) and consume it with this prefetch.
 
     `fast_ack`: write acks to the socket directly where it can (worker/fastack.py).
+    `url`: the AMQP URL the connection was opened with (for our policy, see declare_queue).
     `known`: what an earlier connection found of the queue. A reconnect consumes at once,
     with no declarations: after a quorum queue's leader is lost, a RabbitMQ 4 node may
     leave a queue.declare on it unanswered for minutes while the queue itself works again
@@ -107,12 +148,14 @@ def consume(
     """
     if known is not None:
         consumer = Consumer(connection, None, settings.queue, fast_ack)
+        consumer.timeout = settings.consumer_timeout
         try:
-            consumer.start(prefetch)
+            consumer.start_consuming(prefetch, known.queue_type)
             return consumer, known
         except QueueNotFound:
             pass  # that channel is closed; declare_queue opens its own
-    channel, info = broker.declare_queue(connection, settings)
+    channel, info = broker.declare_queue(connection, settings, url)
     consumer = Consumer(connection, channel, settings.queue, fast_ack)
-    consumer.start(prefetch)
+    consumer.timeout = settings.consumer_timeout
+    consumer.start_consuming(prefetch, info.queue_type)
     return consumer, info

@@ -43,6 +43,13 @@ class TaskRunner:
 
     def run(self, task: Task, consumer: Consumer) -> tuple[Outcome, str]:
         """Run the handler, pumping heartbeats while it works; (outcome, output or reason)."""
+        consumer.in_hand = time.monotonic()  # a broker's cancel now may be a consumer_timeout
+        try:
+            return self._run(task, consumer)
+        finally:
+            consumer.in_hand = None
+
+    def _run(self, task: Task, consumer: Consumer) -> tuple[Outcome, str]:
         self.cancel.clear()
         future = self._pool.submit(self.handler, task, self.cancel)
         deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
