@@ -40,7 +40,7 @@ class _Method:
 
 
 class StandInConsumer:
-    """A consumer whose ack, nack, reject and cancel do nothing."""
+    """A consumer whose ack, reject and cancel do nothing."""
 
     def __init__(self, buffered: int) -> None:
         #: Deliveries pika has read but the worker has not taken: only its length counts.
@@ -48,9 +48,6 @@ class StandInConsumer:
 
     def ack(self, tag: int, multiple: bool = False) -> None:
         """Nothing: the broker's part is not measured here."""
-
-    def nack(self, tag: int) -> None:
-        """Nothing."""
 
     def reject(self, tag: int) -> None:
         """Nothing."""
