@@ -88,3 +88,28 @@ def test_a_node_whose_port_another_program_holds_names_the_port_and_what_to_do(m
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"port {node.port} is taken by another program ('ss -ltnp' names it)" in r.stderr
     assert "pick another BROKER_PORT" in r.stderr
+
+
+def test_without_a_debian_mirror_to_build_from_the_script_says_to_set_one(tmp_path):
+    """On a machine whose apt names no Debian mirror (Ubuntu, say), building the Debian 13
+    root for RabbitMQ 4 stops at once and says what to set; no mirror is guessed."""
+    (tmp_path / "apt" / "sources.list.d").mkdir(parents=True)
+    (tmp_path / "apt" / "sources.list").write_text(
+        "deb http://archive.ubuntu.com/ubuntu noble main\n"
+    )
+    r = subprocess.run(
+        [str(ROOT / "scripts" / "broker"), "install"],
+        env={
+            **{k: v for k, v in os.environ.items() if "MIRROR" not in k},
+            "BROKER_RABBITMQ": "4",
+            "BROKER_RABBITMQ4_ROOT": str(tmp_path / "root"),
+            "BROKER_APT_SOURCES": str(tmp_path / "apt"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "apt names no Debian mirror on this machine" in r.stderr
+    assert "set DEBIAN_MIRROR to a Debian mirror" in r.stderr
+    assert not (tmp_path / "root").exists()
