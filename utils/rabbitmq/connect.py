@@ -232,7 +232,6 @@ class AsyncConnection:
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,
             )
-            impl.ioloop.activate_poller()  # as a blocking connection's I/O loop is
         else:
             impl.add_on_close_callback(self._on_closed)
         #: pika's asynchronous connection, for emitter/fastpath.py.
@@ -243,20 +242,22 @@ class AsyncConnection:
     def run(self) -> None:
         """Run the I/O loop until the connection is closed or lost.
 
-        The loop is driven as BlockingConnection drives it (its poller is already active),
-        not by ioloop.start(), which would activate it a second time.
+        A blocking connection's loop is driven as BlockingConnection drives it (its poller
+        is active already: ioloop.start() would activate it again and fail); a connection
+        of its own (the fallback) runs on pika's public ioloop.start(), as before.
         """
         impl = self.connection
         ioloop = impl.ioloop
-        if self.shared:
-            if not impl.is_open:
-                self._tell(ConnectionLost("the connection closed before publishing began"))
-                return
-            self._open_channel(impl)
         try:
-            while not self._done:
-                ioloop.poll()
-                ioloop.process_timeouts()
+            if not self.shared:
+                ioloop.start()
+            elif not impl.is_open:
+                self._tell(ConnectionLost("the connection closed before publishing began"))
+            else:
+                self._open_channel(impl)
+                while not self._done:
+                    ioloop.poll()
+                    ioloop.process_timeouts()
         finally:
             if impl.is_open:  # an error escaped a callback: leave nothing half-open
                 impl.close()
@@ -321,11 +322,16 @@ class AsyncConnection:
 
     def _on_open_error(self, impl: Any, exc: BaseException) -> None:
         self._tell(explain_connect_error(exc, self.url))
-        self._done = True
+        self._stop()
 
     def _on_closed(self, impl: Any, reason: BaseException) -> None:
         self._tell(lost(reason))
+        self._stop()
+
+    def _stop(self) -> None:
         self._done = True
+        if not self.shared:
+            self.connection.ioloop.stop()
 
     def _on_blocked(self, impl: Any, frame: Any) -> None:
         self._publisher.blocked(getattr(frame.method, "reason", "") or "a resource alarm")
