@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from bench.stats import fmt_num, fmt_ratio, fmt_spread, rate, ratios, spread, verdict
-from utils import broker
+from utils import rabbitmq
 from utils.events import KIND_EVENTS, EventsConfig, stream_name
 from utils.logformat import format_event
 from utils.settings import Settings
@@ -145,10 +145,10 @@ def _read(bench: Bench, say: Any) -> dict[str, Any]:
     q = bench.queue("events-read")
     run, per, emit = synthetic_run(READ_TASKS)
     settings = Settings(urls=(bench.url,), queue=q)
-    conn, _url = broker.connect(settings, client_name="bench")
+    conn, _url = rabbitmq.connect(settings, client_name="bench")
     try:
-        broker.declare_stream(conn, stream_name(q), EventsConfig().arguments())
-        pub = broker.StreamPublisher(conn, stream_name(q))
+        rabbitmq.declare_stream(conn, stream_name(q), EventsConfig().arguments())
+        pub = rabbitmq.StreamPublisher(conn, stream_name(q))
         batches = 0
         for w, lines in enumerate([*per, emit]):
             for i in range(0, len(lines), BATCH_LINES):

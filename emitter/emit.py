@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from emitter.publisher import DEFAULT_WINDOW, MAX_NACK_RETRIES, Publisher, PublishResult
+from emitter.publisher import (
+    DEFAULT_WINDOW,
+    MAX_NACK_RETRIES,
+    Publisher,
+    PublishResult,
+    connect_and_declare,
+)
 from emitter.source import CsvOptions, ReadStats, Row, iter_rows, open_source, validate_file
-from utils import broker
 from utils.errors import BrokerUnavailable, NothingToDo, TaskToolError
 from utils.logformat import EventLog
 from utils.settings import Settings, mask_url
@@ -62,36 +67,63 @@ def emit_rows(
         total = checked.selected
     elif opts.messages:
         total = len(opts.messages)
-
-    conn, url = broker.connect(settings, client_name="emit")
-    try:
-        _, info = broker.declare_queue(conn, settings, url)
-    finally:
-        conn.close()
     run_id = new_run_id()
-    log.event(
-        "emit_started",
-        run=run_id,
-        source=name,
-        queue=settings.queue,
-        queue_type=info.queue_type,
-        url=mask_url(url),
-        order=opts.order,
-        total=total,
-        waiting=info.messages,
-        consumers=info.consumers,
-    )
-    if info.note:
-        log.event("queue_found", queue=settings.queue, note=info.note)
-    on_start(total)
-
     tasks = _tasks(opts, run_id, stats)
     if opts.order == "longest-first":
         listed = sorted(tasks, key=lambda t: -t.dots)  # stable: ties keep file order
         total = len(listed)
         tasks = iter(listed)
-    if total is not None:  # known before any row is sent: a reader knows what to expect
+
+    # One connection declares the queue, then publishes (emitter/publisher.py).
+    conn, url, info = connect_and_declare(settings, opts.blocked_timeout)
+    try:
+        log.event(
+            "emit_started",
+            run=run_id,
+            source=name,
+            queue=settings.queue,
+            queue_type=info.queue_type,
+            url=mask_url(url),
+            order=opts.order,
+            total=total,
+            waiting=info.messages,
+            consumers=info.consumers,
+        )
+        if info.note:
+            log.event("queue_found", queue=settings.queue, note=info.note)
+        on_start(total)
+        if total is not None:  # known before any row is sent: a reader knows what to expect
+            _log_manifest(log, run_id, name, settings.queue, opts, total)
+        publisher = Publisher(
+            settings,
+            window=opts.window,
+            retry_for=opts.retry_for,
+            blocked_timeout=opts.blocked_timeout,
+            on_confirm=on_confirm,
+            on_event=_event_logger(log, run_id, on_notice),
+            rows_ascending=opts.order == "file",
+            first_row=_first_row(opts),
+            fast_path=opts.fast_path,
+        )
+        result = publisher.publish(tasks, url, live=opts.source == "-", connection=conn)
+    finally:
+        conn.close()  # nothing to do once the publisher has closed it, as it does
+    known = total is not None
+    total = stats.selected if total is None else total
+    if result.error is None and total == 0:
+        raise NothingToDo(f"no tasks in {name}", "give it some rows (one task per row)")
+    if not known:
         _log_manifest(log, run_id, name, settings.queue, opts, total)
+    resume = _log_end(log, run_id, settings.queue, opts, total, stats, result)
+    return EmitReport(
+        run_id, total, stats, result, info.note, resume, info.messages, info.consumers
+    )
+
+
+def _event_logger(
+    log: EventLog, run_id: str, on_notice: Callable[[str], None]
+) -> Callable[..., None]:
+    """The publisher's events: logged with the run, and shown to a person where they matter."""
 
     def on_event(event: str, **kw: object) -> None:
         log.event(event, run=run_id, **kw)
@@ -99,33 +131,26 @@ def emit_rows(
         if notice:
             on_notice(notice)
 
-    publisher = Publisher(
-        settings,
-        window=opts.window,
-        retry_for=opts.retry_for,
-        blocked_timeout=opts.blocked_timeout,
-        on_confirm=on_confirm,
-        on_event=on_event,
-        rows_ascending=opts.order == "file",
-        first_row=_first_row(opts),
-        fast_path=opts.fast_path,
-    )
-    result = publisher.publish(tasks, url, live=opts.source == "-")
-    stats_total_unknown = total is None
-    if total is None:
-        total = stats.selected
-    if result.error is None and total == 0:
-        raise NothingToDo(f"no tasks in {name}", "give it some rows (one task per row)")
-    rows = _row_range(opts, total)
-    if stats_total_unknown:
-        _log_manifest(log, run_id, name, settings.queue, opts, total)
+    return on_event
+
+
+def _log_end(
+    log: EventLog,
+    run_id: str,
+    queue: str,
+    opts: EmitOptions,
+    total: int,
+    stats: ReadStats,
+    result: PublishResult,
+) -> str:
+    """Log how the run ended (emit_done or emit_failed); returns where to resume ('' if done)."""
     ok = result.error is None and not result.unroutable and not result.nacked
     resume = "" if ok else resume_line(opts, total, result)
     log.event(
         "emit_done" if ok else "emit_failed",
         run=run_id,
-        queue=settings.queue,
-        rows=rows,
+        queue=queue,
+        rows=_row_range(opts, total),
         total=total,
         published=result.published,
         confirmed=result.confirmed,
@@ -139,9 +164,7 @@ def emit_rows(
         reason=result.error.message if result.error else None,
         resume=resume or None,
     )
-    return EmitReport(
-        run_id, total, stats, result, info.note, resume, info.messages, info.consumers
-    )
+    return resume
 
 
 def _log_manifest(

@@ -1,9 +1,11 @@
 """Publishing tasks with publisher confirms over a window of unconfirmed messages.
 
-One asynchronous pika connection carries the whole run. Up to `window` messages may be
-unconfirmed at once; confirms stream in (often many at a time, `multiple=True`) and free
-room for more. If the connection drops, every unconfirmed message is published again on
-the next connection with the same message id, so a duplicate can be seen in the logs.
+One connection carries the whole run: the one the queue was declared on, which goes on
+asynchronously (utils/rabbitmq AsyncConnection; this module speaks no pika). Up to
+`window` messages may be unconfirmed at once; confirms stream in (often many at a time,
+`multiple=True`) and free room for more. If the connection drops, every unconfirmed
+message is published again on the next connection (declared on as at first) with the
+same message id, so a duplicate can be seen in the logs.
 """
 
 from __future__ import annotations
@@ -14,15 +16,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
-
-import pika
-from pika.spec import Basic
+from dataclasses import dataclass, field, replace
 
 from emitter.fastpath import FastPath, open_fast_path
-from utils import broker
-from utils.errors import BrokerUnavailable, TaskToolError
+from utils import rabbitmq
+from utils.errors import AccessRefused, BlockedTooLong, BrokerUnavailable, TaskToolError
 from utils.settings import Settings, url_host
 from utils.task import Task
 
@@ -30,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: How many messages may wait for their confirm at once.
 DEFAULT_WINDOW = 2000
-#: Errors after which the emitter tries to reconnect again (utils.broker raises only ours).
+#: Errors after which the emitter tries to reconnect again (utils.rabbitmq raises only ours).
 RECONNECT_ERRORS: tuple[type[BaseException], ...] = (TaskToolError,)
 #: Reconnect back-off: first delay, and the cap, in seconds.
 BACKOFF_FIRST = 0.5
@@ -94,10 +92,9 @@ class Publisher:
         self._pending: OrderedDict[int, _Pending] = OrderedDict()  # delivery tag -> task
         self._returned: set[str] = set()
         self._next_tag = 1
-        self._channel: Any = None
-        self._conn: pika.SelectConnection | None = None
+        self._link: rabbitmq.AsyncConnection | None = None  # the connection publishing now
         self._finished = False
-        self._lost: BaseException | None = None
+        self._lost: TaskToolError | None = None
         self._fatal: TaskToolError | None = None
         self._last_taken_row: int | None = None  # the row of the last task taken to publish
         self._bad_row = False  # the source raised at a bad row (stdin): stop there
@@ -106,12 +103,25 @@ class Publisher:
         self._fast: FastPath | None = None  # per channel: None publishes the plain way
 
     # -- the run ---------------------------------------------------------------------------
-    def publish(self, tasks: Iterator[Task], url: str, *, live: bool = False) -> PublishResult:
-        """Publish every task; returns when all are confirmed or the broker stayed away.
+    def publish(
+        self,
+        tasks: Iterator[Task],
+        url: str,
+        *,
+        live: bool = False,
+        connection: rabbitmq.Connection | None = None,
+    ) -> PublishResult:
+        """Publish every task to the broker at `url`; returns when all are confirmed or the
+        broker stayed away.
 
-        live: the tasks come from a source that may block (stdin). They are then read by a
-        thread, so that confirms, heartbeats and a lost connection are handled meanwhile.
+        connection: one open to `url` with the queue declared on it (emit_rows has one), to
+        publish on; None: the publisher opens it. live: the tasks come from a source that
+        may block (stdin). They are then read by a thread, so that confirms, heartbeats and
+        a lost connection are handled meanwhile.
         """
+        if connection is None:
+            one_url = replace(self.settings, urls=(url,))
+            connection = connect_and_declare(one_url, self.blocked_timeout)[0]
         self._tasks = tasks
         if live:
             self._feed = queue_mod.Queue(maxsize=self.window)
@@ -120,22 +130,23 @@ class Publisher:
         started = time.monotonic()
         deadline: float | None = None
         while True:
-            self._run_connection(url)
+            self._run_connection(connection, url)
             if self._finished or self._fatal:
                 break
             # The connection was lost with work left: reconnect with a capped back-off.
-            reason = broker.plain_reason(self._lost) if self._lost else "unknown"
+            reason = self._lost.message if self._lost else "unknown"
             self._requeue_pending()
             self._event("connection_lost", reason=reason, unconfirmed=len(self._retry))
             if deadline is None:
                 deadline = time.monotonic() + self.retry_for
-            new_url = self._reconnect(deadline)
-            if not new_url:
+            again = self._reconnect(deadline)
+            if again is None:
                 self._fatal = BrokerUnavailable(
                     f"the broker did not come back within {self.retry_for:g} s", ""
                 )
                 break
-            url = self.result.url = new_url
+            connection, url = again
+            self.result.url = url
             self.result.reconnects += 1
             self._event("reconnected", node=url_host(url), republishing=len(self._retry))
             deadline = None
@@ -144,88 +155,60 @@ class Publisher:
         self.result.first_unconfirmed_row = self._first_unconfirmed_row()
         return self.result
 
-    def _reconnect(self, deadline: float) -> str | None:
-        """Wait for the broker to answer again (re-declaring the queue); None on time-out."""
-        backoff = broker.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
+    def _reconnect(self, deadline: float) -> tuple[rabbitmq.Connection, str] | None:
+        """Wait for the broker to answer again: a new connection, the queue declared on it
+        again; None on time-out."""
+        backoff = rabbitmq.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         while time.monotonic() < deadline:
             time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
             try:
-                conn, url = broker.connect(self.settings, client_name="emit")
-                try:
-                    broker.declare_queue(conn, self.settings, url)
-                finally:
-                    conn.close()
-                return url
+                return connect_and_declare(self.settings, self.blocked_timeout)[:2]
             except RECONNECT_ERRORS as exc:
                 self._event("reconnect_failed", reason=getattr(exc, "message", str(exc)))
         return None
 
-    def _run_connection(self, url: str) -> None:
+    def _run_connection(self, connection: rabbitmq.Connection, url: str) -> None:
         self._lost = None
-        params = broker.parameters(
-            url, client_name="emit", blocked_timeout=self.blocked_timeout, tls=self.settings.tls
-        )
-        self._conn = pika.SelectConnection(
-            params,
-            on_open_callback=self._on_open,
-            on_open_error_callback=self._on_open_error,
-            on_close_callback=self._on_closed,
-        )
-        self._conn.add_on_connection_blocked_callback(self._on_blocked)
-        self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
-        self._conn.ioloop.start()
+        self._link = rabbitmq.AsyncConnection(connection, url, self)
+        self._link.run()
 
-    # -- connection callbacks -------------------------------------------------------------
-    def _on_open(self, conn: pika.SelectConnection) -> None:
-        conn.channel(on_open_callback=self._on_channel_open)
+    # -- what the connection tells (rabbitmq.Publishing) ------------------------------------
+    def lost(self, error: TaskToolError) -> None:
+        """The connection or channel went: reconnect, unless retrying cannot help."""
+        if self._finished:
+            return
+        self._lost = error
+        if isinstance(error, AccessRefused):
+            self._fatal = error
+        elif isinstance(error, BlockedTooLong):
+            self._fatal = BrokerUnavailable(
+                f"the broker blocked publishing for over {self.blocked_timeout:g} s "
+                "(a memory or disk alarm)",
+                "free memory or disk space on the broker's machine (or raise its "
+                "watermark), then rerun as said",
+            )
 
-    def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
-        self._lost = exc
-        if broker.is_access_refused(exc):
-            self._fatal = broker.explain_connect_error(exc, self.result.url)
-        conn.ioloop.stop()
-
-    def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
-        if not self._finished:
-            self._lost = reason
-            if broker.is_blocked_timeout(reason):
-                self._fatal = BrokerUnavailable(
-                    f"the broker blocked publishing for over {self.blocked_timeout:g} s "
-                    "(a memory or disk alarm)",
-                    "free memory or disk space on the broker's machine (or raise its "
-                    "watermark), then rerun as said",
-                )
-        conn.ioloop.stop()
-
-    def _on_blocked(self, conn: Any, frame: Any) -> None:
-        reason = getattr(frame.method, "reason", "") or "a resource alarm"
+    def blocked(self, reason: str) -> None:
+        """The broker blocks publishing: say so, and how long we wait."""
         self._event("blocked", reason=reason, wait_up_to=f"{self.blocked_timeout:g}s")
 
-    def _on_unblocked(self, conn: Any, frame: Any) -> None:
+    def unblocked(self) -> None:
+        """The broker accepts publishes again."""
         self._event("unblocked")
 
-    def _on_channel_open(self, channel: Any) -> None:
-        self._channel = channel
+    def ready(self, link: rabbitmq.AsyncConnection) -> None:
+        """The confirm channel is open: start publishing (fast where it can)."""
         self._fast = None
         if self.fast_path:  # it checks pika itself, and may step aside
-            self._fast = open_fast_path(self._conn, channel.channel_number, self.settings.queue)
+            self._fast = open_fast_path(link.connection, link.channel_number, self.settings.queue)
         self._next_tag = 1
-        channel.add_on_close_callback(self._on_channel_closed)
-        channel.add_on_return_callback(self._on_return)
-        channel.confirm_delivery(self._on_confirm_frame, callback=lambda _frame: self._pump())
-
-    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
-        if self._finished or self._conn is None:
-            return
-        self._lost = reason
-        if self._conn.is_open:
-            self._conn.close()
+        self._pump()
 
     # -- publishing and confirms ------------------------------------------------------------
     def _pump(self) -> None:
         """Publish until the window is full or there is nothing left, then maybe finish."""
-        ch = self._channel
-        if ch is None or not ch.is_open:
+        link = self._link
+        if link is None or not link.is_open:
             return
         queue = self.settings.queue
         pending = self._pending
@@ -249,9 +232,7 @@ class Publisher:
             if fast is not None and fast.publish(item.task):
                 self.result.published_fast += 1
             else:
-                ch.basic_publish(
-                    "", queue, item.task.encode(), item.task.properties(), mandatory=True
-                )
+                link.publish(queue, item.task.encode(), item.task.properties())
             pending[self._next_tag] = item
             self._next_tag += 1
             self.result.published += 1
@@ -259,8 +240,7 @@ class Publisher:
             fast.flush()
         if self._exhausted and not pending and not self._retry:
             self._finished = True
-            assert self._conn is not None
-            self._conn.close()
+            link.close()
 
     def _next_task(self) -> Task | None:
         """The next task, or None: either the source is done (self._exhausted) or, live, empty now."""
@@ -311,19 +291,17 @@ class Publisher:
             self._feed.put(item)
             if self._starving:
                 self._starving = False
-                conn = self._conn
-                if conn is not None:
+                link = self._link
+                if link is not None:
                     try:
-                        conn.ioloop.add_callback_threadsafe(self._pump)
+                        link.call_threadsafe(self._pump)
                     except Exception:  # the loop is gone; the next connection pumps anyway
                         log.debug("could not wake the I/O loop", exc_info=True)
             if item is _END or isinstance(item, TaskToolError):
                 return
 
-    def _on_confirm_frame(self, frame: Any) -> None:
-        method = frame.method
-        tag, multiple = method.delivery_tag, method.multiple
-        acked = isinstance(method, Basic.Ack)
+    def confirmed(self, tag: int, multiple: bool, acked: bool) -> None:
+        """The broker confirmed (or nacked) `tag`, and with `multiple` every tag before it."""
         pending = self._pending
         done: list[_Pending] = []
         if multiple:
@@ -353,9 +331,10 @@ class Publisher:
             self._on_confirm(confirmed)
         self._pump()
 
-    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        if properties.message_id:
-            self._returned.add(properties.message_id)
+    def returned(self, message_id: str | None) -> None:
+        """A task came back unroutable (its confirm follows): it is not counted confirmed."""
+        if message_id:
+            self._returned.add(message_id)
 
     def _requeue_pending(self) -> None:
         """Everything unconfirmed on the lost channel is published again, in its order."""
@@ -382,3 +361,16 @@ class Publisher:
 
 #: Marks the end of the source in the feed.
 _END = object()
+
+
+def connect_and_declare(
+    settings: Settings, blocked_timeout: float
+) -> tuple[rabbitmq.Connection, str, rabbitmq.QueueInfo]:
+    """A connection to publish on, with the work queue declared on it (and what was found)."""
+    conn, url = rabbitmq.connect(settings, client_name="emit", blocked_timeout=blocked_timeout)
+    try:
+        info = rabbitmq.declare_for_publishing(conn, settings, url)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, url, info

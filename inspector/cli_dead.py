@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ConnectionLost, PublishRefused
 from utils.logformat import shorten
 from utils.options import (
@@ -39,8 +39,8 @@ def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_
     then removed from the dead-letter queue, so a crash half-way loses nothing.
     """
     settings = make_settings(urls, queue, queue_type, log_dir)
-    dead_queue = broker.dead_letter_name(queue)
-    conn, url = broker.connect(settings, client_name="tasks dead")
+    dead_queue = rabbitmq.dead_letter_name(queue)
+    conn, url = rabbitmq.connect(settings, client_name="tasks dead")
     try:
         _dead(conn, settings, dead_queue, requeue, url)
     except (ConnectionLost, PublishRefused) as exc:
@@ -54,13 +54,13 @@ def dead(requeue: bool, urls: tuple[str, ...], queue: str, queue_type: str, log_
 
 
 def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool, url: str) -> None:
-    counts = broker.queue_counts(conn, dead_queue)
+    counts = rabbitmq.queue_counts(conn, dead_queue)
     if counts is None:
         click.echo(f"no dead letters: {dead_queue} does not exist")
         return
     # Take at most the messages there now, all unacked: none comes round twice, and any
     # we do not settle go back to the queue when the channel closes.
-    channel = broker.open_channel(conn)
+    channel = rabbitmq.open_channel(conn)
     got = []
     for _ in range(counts[0]):
         delivery = channel.get(dead_queue)
@@ -77,10 +77,10 @@ def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool, url: str) ->
         channel.give_back_all()
         click.echo(f"(left in place; 'tasks dead --requeue' sends them back to {settings.queue})")
         return
-    broker.declare_queue(conn, settings, url)
+    rabbitmq.declare_for_publishing(conn, settings, url)
     for method, props, body in got:
         headers = {k: v for k, v in (props.headers or {}).items() if k not in ATTEMPT_HEADERS}
-        broker.publish_copy(conn, settings.queue, body, props, headers)
+        rabbitmq.publish_copy(conn, settings.queue, body, props, headers)
         channel.ack(method.delivery_tag)  # only once the copy is confirmed
         click.echo("requeued " + _describe(props, body))
     click.echo(f"moved {plural(len(got), 'dead letter')} back to {settings.queue}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from inspector.status import gather, render
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ExitCode, NothingToDo, TaskToolError
 from utils.options import broker_options, handle_errors, make_settings, management_url_option
 from utils.settings import Settings, url_host
@@ -82,10 +82,10 @@ def purge(
     lands in the queue again.
     """
     settings = make_settings(urls, queue, queue_type, log_dir)
-    name = broker.dead_letter_name(queue) if dead else queue
-    conn, url = broker.connect(settings, client_name="tasks purge")
+    name = rabbitmq.dead_letter_name(queue) if dead else queue
+    conn, url = rabbitmq.connect(settings, client_name="tasks purge")
     try:
-        counts = broker.queue_counts(conn, name)
+        counts = rabbitmq.queue_counts(conn, name)
         if counts is None:
             raise NothingToDo(
                 f"queue '{name}' does not exist at {url_host(url)}: nothing to remove",
@@ -102,8 +102,7 @@ def purge(
             if not click.confirm(question, default=False):
                 click.echo("nothing removed")
                 raise SystemExit(int(ExitCode.NOTHING_DONE))
-        with broker.queue_errors(name):
-            removed = conn.channel().queue_purge(name).method.message_count
+        removed = rabbitmq.purge_queue(conn, name)
     finally:
         conn.close()
     click.echo(f"removed {plural(removed, 'message')} from queue '{name}'")

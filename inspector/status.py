@@ -11,14 +11,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ConnectionLost, TaskToolError
-from utils.management import (
-    ManagementUnavailable,
-    default_management_url,
-    fetch_json,
-    queue_warnings,
-)
+from utils.rabbitmq import ManagementUnavailable, default_management_url, fetch_json
 from utils.settings import Settings, mask_url, url_host, url_vhost
 from utils.text import plural
 
@@ -102,11 +97,11 @@ def gather(settings: Settings, management_url: str | None) -> Status:
         if not management.answered:
             raise stalled  # neither AMQP nor the API told us anything about the queue
     elif queue.exists:
-        conn, _ = broker.connect(settings, client_name="tasks status")
+        conn, _ = rabbitmq.connect(settings, client_name="tasks status")
         try:
             if queue.queue_type is None:
                 # The API did not say; ask AMQP (a probe, after we know the queue exists).
-                queue.queue_type = broker.probe_queue_type(conn, settings.queue)
+                queue.queue_type = rabbitmq.probe_queue_type(conn, settings.queue)
             queue.warnings = _warnings(conn, settings, url, mgmt_url)
         finally:
             conn.close()
@@ -115,14 +110,14 @@ def gather(settings: Settings, management_url: str | None) -> Status:
 
 def _ask_queue(settings: Settings, tries: int = 2) -> tuple[QueuePart, str, ConnectionLost | None]:
     """The queue's counts from AMQP, asking again on a new connection (on a cluster, maybe
-    another node) when a node drops or does not answer the question (broker.ANSWER_WITHIN).
+    another node) when a node drops or does not answer the question (rabbitmq.internals.ANSWER_WITHIN).
 
     When no answer comes, the part says so and the management API is asked instead: a
     RabbitMQ 4 node can leave the question unanswered for minutes after a quorum queue's
     leader is killed, while the queue itself goes on working.
     """
     for _ in range(tries):
-        conn, url = broker.connect(settings, client_name="tasks status")
+        conn, url = rabbitmq.connect(settings, client_name="tasks status")
         try:
             return _queue_part(conn, settings.queue), url, None
         except ConnectionLost as exc:
@@ -135,7 +130,7 @@ def _ask_queue(settings: Settings, tries: int = 2) -> tuple[QueuePart, str, Conn
         "try again in a few seconds; on a cluster, `rabbitmqctl list_queues name leader "
         "online` on a node shows where the queue stands",
     )
-    part = QueuePart(settings.queue, True, dead_queue=broker.dead_letter_name(settings.queue))
+    part = QueuePart(settings.queue, True, dead_queue=rabbitmq.dead_letter_name(settings.queue))
     part.note = f"AMQP did not answer ({lost.message}); the counts are the management API's"
     return part, url, stalled
 
@@ -143,12 +138,12 @@ def _ask_queue(settings: Settings, tries: int = 2) -> tuple[QueuePart, str, Conn
 def _warnings(conn: Any, settings: Settings, url: str, mgmt_url: str) -> list[str]:
     """What the queue lacks (a dead-letter target), as `work` says it too."""
     try:
-        shape = broker.queue_shape(conn, settings.queue)
+        shape = rabbitmq.queue_shape(conn, settings.queue)
     except TaskToolError:  # a stream, say: `work` says what is wrong with it
         return []
     if shape is None:
         return []
-    return queue_warnings(settings, shape, url, management_url=mgmt_url)
+    return rabbitmq.queue_warnings(settings, shape, url, management_url=mgmt_url)
 
 
 def _node_parts(settings: Settings) -> list[NodePart]:
@@ -156,7 +151,7 @@ def _node_parts(settings: Settings) -> list[NodePart]:
     parts = []
     for url in settings.urls:
         try:
-            conn, _ = broker.connect(replace(settings, urls=(url,)), client_name="tasks status")
+            conn, _ = rabbitmq.connect(replace(settings, urls=(url,)), client_name="tasks status")
             conn.close()
             parts.append(NodePart(url_host(url), True))
         except TaskToolError as exc:
@@ -165,9 +160,9 @@ def _node_parts(settings: Settings) -> list[NodePart]:
 
 
 def _queue_part(conn: Any, name: str) -> QueuePart:
-    dead_name = broker.dead_letter_name(name)
-    counts = broker.queue_counts(conn, name)
-    dead = broker.queue_counts(conn, dead_name)
+    dead_name = rabbitmq.dead_letter_name(name)
+    counts = rabbitmq.queue_counts(conn, name)
+    dead = rabbitmq.queue_counts(conn, dead_name)
     part = QueuePart(name, counts is not None, dead_queue=dead_name)
     if counts is not None:
         part.ready, part.consumers = counts

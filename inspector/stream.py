@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from inspector.runs import LogSet, Skipped, fold_events
-from utils import broker
+from utils import rabbitmq
 from utils.errors import BrokerUnavailable, ConnectionLost, NothingToDo
 from utils.events import KIND_EVENTS, KIND_MARK, stream_name
 from utils.logformat import parse_line
@@ -87,8 +87,8 @@ def iter_events(
 
 
 def _mark_end(
-    settings: Settings, conn: broker.Connection, name: str, mark: str
-) -> broker.Connection:
+    settings: Settings, conn: rabbitmq.Connection, name: str, mark: str
+) -> rabbitmq.Connection:
     """Append the end marker and wait for its confirm; returns the connection to go on with.
 
     Its confirm waits for the stream to have a leader (one is elected after a node is
@@ -100,7 +100,7 @@ def _mark_end(
     while True:
         try:
             left = max(1.0, deadline - time.monotonic())
-            broker.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {}, left)
+            rabbitmq.StreamPublisher(conn, name).publish(b"", mark, KIND_MARK, {}, left)
             return conn
         except ConnectionLost as exc:
             conn.close()
@@ -110,7 +110,7 @@ def _mark_end(
                     "the broker may be overloaded or a node down; try again",
                 ) from None
             time.sleep(MARK_RETRY)
-            conn, _url = broker.connect(settings, client_name="tasks report")
+            conn, _url = rabbitmq.connect(settings, client_name="tasks report")
 
 
 def _lines(
@@ -118,9 +118,9 @@ def _lines(
 ) -> Iterator[tuple[str, int, dict[str, str] | None, str]]:
     """(where, line number, fields or None, why not) for every line of every batch."""
     name = stream_name(settings.queue)
-    conn, _url = broker.connect(settings, client_name="tasks report")
+    conn, _url = rabbitmq.connect(settings, client_name="tasks report")
     try:
-        if not broker.stream_exists(conn, name):
+        if not rabbitmq.stream_exists(conn, name):
             raise NothingToDo(
                 f"there is no event stream '{name}' on the broker",
                 "work and emit create it unless run with --no-events (TASK_EVENTS=0); "
@@ -131,7 +131,7 @@ def _lines(
             mark = f"mark.{secrets.token_hex(8)}"
             conn = _mark_end(settings, conn, name, mark)
         offset: Any = "first" if since is None else since - CLOCK_MARGIN
-        consumer = broker.Consuming(conn, name)
+        consumer = rabbitmq.Consuming(conn, name)
         consumer.start(PREFETCH, {"x-stream-offset": offset})
         seen: set[str] = set()
         taken = 0

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from inspector.analysis import RunSummary
 from inspector.runs import LogSet, Run, TaskRecord, run_order
 from inspector.status import ManagementUnavailable, default_management_url, fetch_json
-from utils import broker
+from utils import rabbitmq
 from utils.errors import TaskToolError
 from utils.settings import Settings, url_host, url_vhost
 from utils.text import plural
@@ -67,14 +67,14 @@ def look(settings: Settings, queues: list[str], ours: set[str]) -> BrokerView:
     """
     where = ", ".join(url_host(u) for u in settings.urls)
     try:
-        conn, url = broker.connect(settings, client_name="tasks report")
+        conn, url = rabbitmq.connect(settings, client_name="tasks report")
     except TaskToolError as exc:
         return BrokerView(False, where, exc.message)
     views: dict[str, QueueView] = {}
     try:
         for name in queues:
-            counts = broker.queue_counts(conn, name)
-            dead = broker.queue_counts(conn, broker.dead_letter_name(name))
+            counts = rabbitmq.queue_counts(conn, name)
+            dead = rabbitmq.queue_counts(conn, rabbitmq.dead_letter_name(name))
             view = QueueView(name, counts is not None, dead=dead[0] if dead else None)
             if counts is not None:
                 view.ready, view.consumers = counts

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import pika
 
 from utils.logformat import parse_line
+from utils.rabbitmq import Connection, connect, server_version
+from utils.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,13 +43,19 @@ def rabbitmq_version(url: str) -> tuple[int, ...]:
     """The broker's version, e.g. (4, 0, 5), as it tells every AMQP client when it connects."""
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        # BlockingConnection does not pass the server properties on; the connection it wraps
-        # keeps them from Connection.Start.
-        raw = conn._impl.server_properties["version"]
+        return server_version(conn)
     finally:
         conn.close()
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
+
+
+@contextlib.contextmanager
+def our_connection(url: str) -> Iterator[Connection]:
+    """A connection as our commands open one (utils/rabbitmq connect), closed afterwards."""
+    conn, _url = connect(Settings(urls=(url,)), client_name="test")
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 #: The RabbitMQ version scripts/broker starts every node of ours on: "3" (Debian 12's 3.10,

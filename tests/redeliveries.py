@@ -22,6 +22,8 @@ from typing import Any
 import pika
 import pika.exceptions as px
 
+from utils.rabbitmq import server_version
+
 FIXTURE = "tests/fixtures/redeliveries.json"
 #: How many times each case gives the message back.
 ROUNDS = 3
@@ -36,8 +38,7 @@ HEADERS = ("x-delivery-count", "x-acquired-count")
 
 
 def version_of(conn: pika.BlockingConnection) -> str:
-    raw = conn._impl.server_properties["version"]
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return ".".join(map(str, server_version(conn)))
 
 
 def _seen(method: Any, props: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""utils/broker.py against the real broker: it raises only our errors, and copies are confirmed."""
+"""utils/rabbitmq against the real broker: it raises only our errors, and copies are confirmed."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from tests.helpers import (
     Relay,
     declare_like_the_tutorial,
     drain,
+    our_connection,
     queue_counts,
     task_policy_of,
 )
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ConnectionLost, PublishRefused
-from utils.queues import dead_letter_settings, queue_arguments
+from utils.rabbitmq import internals
+from utils.rabbitmq.errors import PRECONDITION_FAILED, consumer_timeout_of, plain_reason
+from utils.rabbitmq.queues import dead_letter_settings, queue_arguments
 from utils.settings import Settings
 from utils.task import Task
 from worker.consumer import Consumer, consume
@@ -25,13 +28,12 @@ from worker.consumer import Consumer, consume
 
 @pytest.fixture
 def conn(broker_url):
-    c, _url = broker.connect(Settings(urls=(broker_url,)), client_name="test")
-    yield c
-    c.close()
+    with our_connection(broker_url) as c:
+        yield c
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter_and_starts_again_after_reset():
-    b = broker.Backoff(0.5, 5.0)
+    b = rabbitmq.Backoff(0.5, 5.0)
     for delay in (0.5, 1.0, 2.0, 4.0, 5.0, 5.0):
         assert delay / 2 <= b.next() <= delay
     b.reset()
@@ -39,22 +41,22 @@ def test_backoff_doubles_up_to_its_cap_with_jitter_and_starts_again_after_reset(
 
 
 def test_the_dead_letter_queue_of_a_queue_is_named_after_it():
-    assert broker.dead_letter_name("task_queue") == "task_queue.dead"
+    assert rabbitmq.dead_letter_name("task_queue") == "task_queue.dead"
 
 
 def test_a_copy_to_a_missing_queue_is_refused_not_dropped(conn, queue):
     task = Task("hello.", "r-1", 1, "r")
     with pytest.raises(PublishRefused, match=f"queue '{queue}'"):
-        broker.publish_copy(conn, queue, task.encode(), task.properties(), {"x-attempt": 2})
+        rabbitmq.publish_copy(conn, queue, task.encode(), task.properties(), {"x-attempt": 2})
 
 
 def test_a_copy_declares_its_queue_if_asked_and_is_persistent_with_the_new_headers(
     conn, broker_url, queue
 ):
-    dead = broker.dead_letter_name(queue)
+    dead = rabbitmq.dead_letter_name(queue)
     task = Task("hello.", "r-1", 1, "r")
     headers = {"x-failure-reason": "boom"}
-    broker.publish_copy(conn, dead, task.encode(), task.properties(), headers, declare=True)
+    rabbitmq.publish_copy(conn, dead, task.encode(), task.properties(), headers, declare=True)
     [(_m, props, body)] = drain(broker_url, dead)
     assert body == b"hello." and props.message_id == "r-1" and props.delivery_mode == 2
     assert props.headers == headers
@@ -69,7 +71,7 @@ def test_a_channel_the_broker_closes_under_a_consumer_is_connection_lost_with_it
     with pytest.raises(ConnectionLost) as lost:
         for _ in range(50):
             consumer.pump(0.1)
-    assert lost.value.reply_code == broker.PRECONDITION_FAILED
+    assert lost.value.reply_code == PRECONDITION_FAILED
     assert lost.value.message.startswith("the broker closed the channel: 406")
     consumer.close()  # on a lost channel too, closing never raises
 
@@ -88,16 +90,16 @@ def test_queue_operations_on_a_closed_connection_raise_connection_lost(conn, que
     conn.close()
     conn.close()  # a second close is a no-op, not pika's ConnectionWrongStateError
     with pytest.raises(ConnectionLost):
-        broker.queue_counts(conn, queue)
+        rabbitmq.queue_counts(conn, queue)
     with pytest.raises(ConnectionLost):
-        broker.publish_copy(conn, queue, b"x", Task("x", "t").properties(), {})
+        rabbitmq.publish_copy(conn, queue, b"x", Task("x", "t").properties(), {})
 
 
 def test_tasks_taken_unacked_go_back_when_given_back(conn, broker_url, queue):
     for body in ("a", "b"):
         task = Task(body, f"t-{body}")
-        broker.publish_copy(conn, queue, task.encode(), task.properties(), {}, declare=True)
-    channel = broker.open_channel(conn)
+        rabbitmq.publish_copy(conn, queue, task.encode(), task.properties(), {}, declare=True)
+    channel = rabbitmq.open_channel(conn)
     got = [channel.get(queue), channel.get(queue), channel.get(queue)]
     assert [d[2] for d in got if d] == [b"a", b"b"] and got[2] is None
     channel.give_back_all()
@@ -116,7 +118,7 @@ def declare_raw(url: str, queue: str, arguments: dict | None) -> None:
 def test_a_quorum_queue_we_create_takes_the_tutorials_declaration_and_dead_letters_by_policy(
     conn, broker_url, queue
 ):
-    _channel, info = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    _channel, info = rabbitmq.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
     assert (info.created, info.queue_type, info.note) == (True, "quorum", "")
     # Our policy, on this queue alone, gives what the broker needs never to drop a task ...
     policy = task_policy_of(broker_url, queue)
@@ -127,10 +129,10 @@ def test_a_quorum_queue_we_create_takes_the_tutorials_declaration_and_dead_lette
     declare_like_the_tutorial(broker_url, queue)
     # Declaring it again (emit, work and tasks all do) finds it as it is, with no note;
     # the policy in force is looked up (work and tasks status) rather than assumed.
-    _channel, again = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    _channel, again = rabbitmq.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
     assert (again.created, again.queue_type, again.note) == (False, "quorum", "")
     assert again.no_dead_letter_args
-    assert broker.probe_queue_type(conn, queue) == "quorum"
+    assert rabbitmq.probe_queue_type(conn, queue) == "quorum"
 
 
 #: A management URL where nothing answers (the discard port): no policy can be set there.
@@ -141,7 +143,7 @@ def test_where_no_policy_can_be_set_a_quorum_queue_carries_its_dead_letter_argum
     conn, broker_url, queue
 ):
     settings = Settings(urls=(broker_url,), queue=queue, management_url=NOWHERE)
-    _channel, info = broker.declare_queue(conn, settings)
+    _channel, info = rabbitmq.declare_queue(conn, settings)
     assert info.created and info.queue_type == "quorum"
     assert task_policy_of(broker_url, queue) is None
     assert "created with its dead-letter settings as arguments, since the management API" in (
@@ -152,7 +154,7 @@ def test_where_no_policy_can_be_set_a_quorum_queue_carries_its_dead_letter_argum
     declare_raw(broker_url, queue, queue_arguments("quorum", queue))
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="inequivalent arg"):
         declare_like_the_tutorial(broker_url, queue)
-    _channel, again = broker.declare_queue(conn, settings)
+    _channel, again = rabbitmq.declare_queue(conn, settings)
     assert (again.created, again.queue_type, again.note, again.no_dead_letter_args) == (
         False,
         "quorum",
@@ -163,7 +165,7 @@ def test_where_no_policy_can_be_set_a_quorum_queue_carries_its_dead_letter_argum
 
 def test_a_queue_the_tutorial_made_first_is_ours_to_use_as_it_is(conn, broker_url, queue):
     declare_like_the_tutorial(broker_url, queue)
-    _channel, info = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    _channel, info = rabbitmq.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
     assert (info.created, info.queue_type, info.no_dead_letter_args) == (False, "quorum", True)
     assert task_policy_of(broker_url, queue) is None  # an existing queue is used as it is
     declare_like_the_tutorial(broker_url, queue)
@@ -177,10 +179,10 @@ def test_a_message_rejected_past_the_delivery_limit_lands_in_the_dead_queue_not_
     <queue>.dead, whether our policy or the queue's own arguments set it. (From RabbitMQ 4.3
     only a reject counts towards the limit: a nack is a plain return, which never does.)"""
     nowhere = NOWHERE if how == "arguments" else None
-    broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue, management_url=nowhere))
+    rabbitmq.declare_queue(conn, Settings(urls=(broker_url,), queue=queue, management_url=nowhere))
     task = Task("bounced", "b-1")
-    broker.publish_copy(conn, queue, task.encode(), task.properties(), {})
-    channel = broker.open_channel(conn)
+    rabbitmq.publish_copy(conn, queue, task.encode(), task.properties(), {})
+    channel = rabbitmq.open_channel(conn)
     deliveries = 0
     for _ in range(200):
         got = channel.get(queue)
@@ -191,7 +193,7 @@ def test_a_message_rejected_past_the_delivery_limit_lands_in_the_dead_queue_not_
             continue
         deliveries += 1
         channel.reject(got[0].delivery_tag)
-    assert deliveries == broker.DELIVERY_LIMIT + 1
+    assert deliveries == rabbitmq.DELIVERY_LIMIT + 1
     [(_m, props, body)] = drain(broker_url, f"{queue}.dead")
     assert body == b"bounced" and props.headers["x-first-death-reason"] == "delivery_limit"
 
@@ -201,7 +203,7 @@ def test_an_old_quorum_queue_without_dead_letter_arguments_is_used_as_it_is_and_
     conn, broker_url, queue, queue_type
 ):
     declare_raw(broker_url, queue, {"x-queue-type": "quorum"})  # as the code before made them
-    _channel, info = broker.declare_queue(
+    _channel, info = rabbitmq.declare_queue(
         conn, Settings(urls=(broker_url,), queue=queue, queue_type=queue_type)
     )
     assert (info.created, info.queue_type, info.no_dead_letter_args) == (False, "quorum", True)
@@ -210,7 +212,7 @@ def test_an_old_quorum_queue_without_dead_letter_arguments_is_used_as_it_is_and_
         if queue_type == "quorum"
         else f"queue '{queue}' exists as a quorum queue; using it as it is"
     )
-    assert broker.probe_queue_type(conn, queue) == "quorum"
+    assert rabbitmq.probe_queue_type(conn, queue) == "quorum"
 
 
 @pytest.mark.parametrize("arguments", [{"x-queue-type": "classic"}, None])
@@ -218,10 +220,10 @@ def test_a_classic_queue_keeps_its_shape_for_us_and_for_the_tutorial(
     conn, broker_url, queue, arguments
 ):
     declare_raw(broker_url, queue, arguments)  # ours with --queue-type classic, the tutorial's
-    _channel, info = broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    _channel, info = rabbitmq.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
     assert (info.queue_type, info.no_dead_letter_args) == ("classic", False)
     assert info.note == f"queue '{queue}' exists as a classic queue; using it as it is"
-    _channel, info = broker.declare_queue(
+    _channel, info = rabbitmq.declare_queue(
         conn, Settings(urls=(broker_url,), queue=queue, queue_type="classic")
     )
     assert (info.queue_type, info.note, info.no_dead_letter_args) == ("classic", "", False)
@@ -229,8 +231,8 @@ def test_a_classic_queue_keeps_its_shape_for_us_and_for_the_tutorial(
 
 
 def test_a_quorum_queue_of_ours_is_used_as_it_is_by_a_classic_declaration(conn, broker_url, queue):
-    broker.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
-    _channel, info = broker.declare_queue(
+    rabbitmq.declare_queue(conn, Settings(urls=(broker_url,), queue=queue))
+    _channel, info = rabbitmq.declare_queue(
         conn, Settings(urls=(broker_url,), queue=queue, queue_type="classic")
     )
     assert (info.queue_type, info.no_dead_letter_args) == ("quorum", True)  # by our policy
@@ -244,7 +246,7 @@ def test_the_dead_letter_policy_gives_what_the_arguments_would():
     assert dead_letter_settings("q") == {
         "dead-letter-exchange": "",
         "dead-letter-routing-key": "q.dead",
-        "delivery-limit": broker.DELIVERY_LIMIT,
+        "delivery-limit": rabbitmq.DELIVERY_LIMIT,
         "dead-letter-strategy": "at-least-once",
         "overflow": "reject-publish",
     }
@@ -265,9 +267,9 @@ def test_the_dead_letter_policy_gives_what_the_arguments_would():
 )
 def test_a_consumer_timeout_is_read_from_the_brokers_words(text, seconds):
     exc = pika.exceptions.ChannelClosedByBroker(406, text)
-    assert broker.consumer_timeout_of(exc) == seconds
+    assert consumer_timeout_of(exc) == seconds
     if seconds:
-        assert broker.plain_reason(exc) == (
+        assert plain_reason(exc) == (
             "the broker's consumer_timeout (3 s) ran out: it has given this task back to the queue"
         )
 
@@ -276,7 +278,7 @@ def two_deliveries_waiting(conn, queue: str) -> Consumer:
     """A consumer (prefetch 2) with two deliveries come but not taken yet."""
     for n in (1, 2):
         task = Task(f"t{n}", f"t-{n}")
-        broker.publish_copy(conn, queue, task.encode(), task.properties(), {}, declare=True)
+        rabbitmq.publish_copy(conn, queue, task.encode(), task.properties(), {}, declare=True)
     consumer, _info = consume(conn, Settings(queue=queue, queue_type="classic"), prefetch=2)
     while len(consumer.deliveries) < 2:
         consumer.pump(0.1)
@@ -318,18 +320,18 @@ def test_a_broker_that_does_not_answer_is_connection_lost_not_a_hang(broker_url,
     # leaves a queue.declare on a quorum queue whose leader was just killed unanswered.
     relay = Relay(int(urlsplit(broker_url).port or 5672))
     url = f"amqp://guest:guest@127.0.0.1:{relay.port}/%2F"
-    conn, _url = broker.connect(Settings(urls=(url,)), client_name="test")
-    monkeypatch.setattr(broker, "ANSWER_WITHIN", 1.0)
+    conn, _url = rabbitmq.connect(Settings(urls=(url,)), client_name="test")
+    monkeypatch.setattr(internals, "ANSWER_WITHIN", 1.0)
     relay.stall()
     try:
         with pytest.raises(ConnectionLost, match="did not answer queue_counts within 1 s"):
-            broker.queue_counts(conn, "anything")
+            rabbitmq.queue_counts(conn, "anything")
         conn.close()  # does not wait for an answer either
         assert not conn.is_open
     finally:
         relay.resume()
     # Answers that come in time are waited for as before.
-    again, _url = broker.connect(Settings(urls=(url,)), client_name="test")
-    assert broker.queue_counts(again, "anything") is None
+    again, _url = rabbitmq.connect(Settings(urls=(url,)), client_name="test")
+    assert rabbitmq.queue_counts(again, "anything") is None
     again.close()
     relay.close()

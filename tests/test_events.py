@@ -22,7 +22,7 @@ from tests.helpers import (
     wait_for,
     wait_for_event,
 )
-from utils import broker
+from utils import rabbitmq
 from utils.events import (
     KIND_EVENTS,
     EventsConfig,
@@ -154,7 +154,7 @@ def test_no_events_sends_nothing_to_the_stream(env, queue, broker_url):
     assert r.returncode == 0, r.stderr
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
-        assert broker.queue_counts(conn, stream_name(queue)) is None  # never even declared
+        assert rabbitmq.queue_counts(conn, stream_name(queue)) is None  # never even declared
     finally:
         conn.close()
     r = run("tasks", "report", "--source", "broker", env=env)
@@ -212,10 +212,10 @@ def test_a_batch_sent_twice_counts_once(env, queue):
             attempt=1,
         ),
     ]
-    conn, _url = broker.connect(settings)
+    conn, _url = rabbitmq.connect(settings)
     try:
-        broker.declare_stream(conn, stream_name(queue), EventsConfig().arguments())
-        pub = broker.StreamPublisher(conn, stream_name(queue))
+        rabbitmq.declare_stream(conn, stream_name(queue), EventsConfig().arguments())
+        pub = rabbitmq.StreamPublisher(conn, stream_name(queue))
         body = "\n".join(lines).encode()
         for _ in range(2):  # a republish after a lost confirm: the same id
             pub.publish(body, "w.1", KIND_EVENTS, {})
@@ -255,10 +255,10 @@ def test_rows_a_killed_worker_finished_unsent_are_missing_from_the_stream_with_a
         [*(at(2, x) for x in task_lines("calm", 1))],
         [at(3, format_event("worker_stopped", worker="calm"))],
     ]
-    conn, _url = broker.connect(settings)
+    conn, _url = rabbitmq.connect(settings)
     try:
-        broker.declare_stream(conn, stream_name(queue), EventsConfig().arguments())
-        pub = broker.StreamPublisher(conn, stream_name(queue))
+        rabbitmq.declare_stream(conn, stream_name(queue), EventsConfig().arguments())
+        pub = rabbitmq.StreamPublisher(conn, stream_name(queue))
         for n, lines in enumerate(batches):
             pub.publish("\n".join(lines).encode(), f"b.{n}", KIND_EVENTS, {})
     finally:

@@ -40,8 +40,8 @@ from tests.helpers import (
     wait_for_event,
     wait_for_stream_event,
 )
-from utils.broker import DELIVERY_LIMIT
 from utils.logformat import parse_ts
+from utils.rabbitmq import DELIVERY_LIMIT
 
 pytestmark = pytest.mark.slow
 

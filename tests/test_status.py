@@ -17,7 +17,7 @@ from tests.helpers import (
     wait_for,
     wait_for_event,
 )
-from utils.broker import DELIVERY_LIMIT
+from utils.rabbitmq import DELIVERY_LIMIT
 
 
 def status(env: dict[str, str], *args: str) -> dict:
@@ -177,7 +177,7 @@ def reject_until_gone(url: str, queue: str, most: int = 200) -> int:
 
 
 def test_the_policy_in_force_is_the_highest_priority_match_for_queues():
-    from utils.management import _policy_in_force
+    from utils.rabbitmq.management import _policy_in_force
 
     policies = [
         {"pattern": "^q$", "apply-to": "queues", "priority": 0, "definition": {"a": 1}},
@@ -192,7 +192,7 @@ def test_the_policy_in_force_is_the_highest_priority_match_for_queues():
 
 
 def test_the_policy_command_names_one_queue_and_its_vhost_quoted_for_a_shell():
-    from utils.management import policy_command
+    from utils.rabbitmq.management import policy_command
 
     assert policy_command("task_queue", "/", {"delivery-limit": 20}) == (
         "rabbitmqctl set_policy task_queue-tasks '^task_queue$' '{\"delivery-limit\":20}' "

@@ -27,7 +27,7 @@ from tests.helpers import (
     wait_for,
     wait_for_event,
 )
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ConnectionLost
 from utils.logformat import EventLog, now_iso, parse_line
 from utils.settings import Settings
@@ -343,7 +343,7 @@ def test_acks_that_wait_when_the_connection_goes_are_each_logged_lost_and_rememb
 ):
     ids = publish_bodies(broker_url, queue, [b"a", b"b", b"c"])
     settings = Settings(urls=(broker_url,), queue=queue)
-    conn, _url = broker.connect(settings, client_name="test")
+    conn, _url = rabbitmq.connect(settings, client_name="test")
     consumer, _info = consume(conn, settings, prefetch=10, fast_ack=fast_ack)
     wait_for("3 deliveries", lambda: len(consumer.deliveries) >= 3 or consumer.pump(0.05))
     log = EventLog(logs / "worker-s.log", echo=False)

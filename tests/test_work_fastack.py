@@ -14,7 +14,7 @@ import pytest
 from pika import frame, spec
 
 from tests.helpers import queue_counts, wait_for
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ConnectionLost
 from utils.settings import Settings
 from utils.task import Task
@@ -40,7 +40,7 @@ def test_an_untested_pika_or_another_transport_makes_it_step_aside():
 def consumer(broker_url, queue):
     """A fast-ack consumer on a fresh queue holding three tasks, all three delivered."""
     settings = Settings(urls=(broker_url,), queue=queue)
-    conn, _url = broker.connect(settings, client_name="test")
+    conn, _url = rabbitmq.connect(settings, client_name="test")
     declare = conn.channel()
     declare.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
     for row in (1, 2, 3):

@@ -88,6 +88,11 @@ class ConnectionLost(TaskToolError):
         self.consumer_timeout = consumer_timeout
 
 
+class BlockedTooLong(ConnectionLost):
+    """The broker blocked our publishing connection (a memory or disk alarm) for longer
+    than we wait (emit's --blocked-timeout), so the connection was closed."""
+
+
 class PublishRefused(TaskToolError):
     """The broker did not take a confirmed publish: it nacked it, or returned it unroutable."""
 

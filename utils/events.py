@@ -33,7 +33,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from utils import broker
+from utils import rabbitmq
 from utils.errors import (
     AccessRefused,
     ConnectionLost,
@@ -109,7 +109,7 @@ class EventsConfig:
     def arguments(self) -> dict[str, object]:
         """The stream's declaration arguments: bounded by age and size."""
         segment = max(1_000_000, min(100_000_000, self.max_bytes // 10))
-        return broker.stream_arguments(self.max_age, self.max_bytes, segment)
+        return rabbitmq.stream_arguments(self.max_age, self.max_bytes, segment)
 
 
 @dataclass
@@ -233,8 +233,8 @@ class EventStream:
 
     # -- the sender thread --------------------------------------------------------------------
     def _run(self) -> None:
-        backoff = broker.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
-        publisher: broker.StreamPublisher | None = None
+        backoff = rabbitmq.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
+        publisher: rabbitmq.StreamPublisher | None = None
         while True:
             if publisher is None:
                 if self._closing and not self._has_work():
@@ -286,16 +286,16 @@ class EventStream:
     def _has_work(self) -> bool:
         return bool(self._unconfirmed or self._chunks)
 
-    def _open(self) -> broker.StreamPublisher:
-        conn, _url = broker.connect(self.settings, client_name=f"events {self.source}")
+    def _open(self) -> rabbitmq.StreamPublisher:
+        conn, _url = rabbitmq.connect(self.settings, client_name=f"events {self.source}")
         try:
-            broker.declare_stream(conn, self.name, self.config.arguments())
-            return broker.StreamPublisher(conn, self.name)
+            rabbitmq.declare_stream(conn, self.name, self.config.arguments())
+            return rabbitmq.StreamPublisher(conn, self.name)
         except BaseException:
             conn.close()
             raise
 
-    def _send_unconfirmed(self, publisher: broker.StreamPublisher) -> None:
+    def _send_unconfirmed(self, publisher: rabbitmq.StreamPublisher) -> None:
         """Send every batch not yet confirmed, oldest first, each waiting for its confirm."""
         while self._unconfirmed:
             batch = self._unconfirmed[0]

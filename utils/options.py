@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import click
 
-from utils.broker import quiet_pika
 from utils.errors import ExitCode, TaskToolError
 from utils.events import (
     DEFAULT_MAX_AGE,
@@ -26,6 +25,7 @@ from utils.events import (
     parse_size,
 )
 from utils.logformat import EventLog
+from utils.rabbitmq import quiet_pika
 from utils.settings import (
     DEFAULT_QUEUE,
     DEFAULT_URL,

@@ -6,27 +6,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Any
 
-import pika
-from pika.adapters.blocking_connection import BlockingChannel
-
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ConnectionLost, QueueNotFound
-from utils.queues import consumer_timeout_on_consume
 from utils.settings import Settings
 from worker.fastack import open_fast_ack
 
 log = logging.getLogger(__name__)
 
 
-class Consumer(broker.Consuming):
+class Consumer(rabbitmq.Consuming):
     """The work queue's consumer: the caller takes deliveries one at a time and settles each
     with ack, nack or reject."""
 
     def __init__(
         self,
-        connection: pika.BlockingConnection,
-        channel: BlockingChannel | None,
+        connection: rabbitmq.Connection,
+        channel: Any,
         queue: str,
         fast_ack: bool = False,
     ) -> None:
@@ -52,20 +49,20 @@ class Consumer(broker.Consuming):
         lost = super().broker_cancelled()
         if lost is None or self.in_hand is None:
             return lost
-        if broker.queue_counts(self.connection, self.queue) is None:
+        if rabbitmq.queue_counts(self.connection, self.queue) is None:
             return lost
         if self.timeout:
-            lost = broker.timed_out(self.timeout)
+            lost = rabbitmq.timed_out(self.timeout)
         else:
-            lost = broker.timed_out(0.0, after=time.monotonic() - self.in_hand)
+            lost = rabbitmq.timed_out(0.0, after=time.monotonic() - self.in_hand)
         return self.make_unusable(lost)
 
     def start_consuming(self, prefetch: int, queue_type: str) -> None:
         """Consume with this prefetch, asking for our own consumer timeout where the broker
         takes one (RabbitMQ 4.3, quorum queues): --consumer-timeout, on any queue."""
         arguments = None
-        if self.timeout and consumer_timeout_on_consume(
-            queue_type, broker.server_version(self.connection)
+        if self.timeout and rabbitmq.consumer_timeout_on_consume(
+            queue_type, rabbitmq.server_version(self.connection)
         ):
             arguments = {"x-consumer-timeout": round(self.timeout * 1000)}
         else:
@@ -103,7 +100,7 @@ class Consumer(broker.Consuming):
         if self._unusable is not None or not (self.connection.is_open and self._channel.is_open):
             raise self._lost_error()  # pika asserts on cancelling a consumer of a closed channel
         with self.errors():
-            with broker.answer_within(self.connection, "basic.cancel"):
+            with rabbitmq.answer_within(self.connection, "basic.cancel"):
                 leftovers = self._channel.basic_cancel(tag)
             for _ch, method, _props, _body in leftovers or ():
                 self._channel.basic_nack(method.delivery_tag, requeue=True)
@@ -129,15 +126,15 @@ class Consumer(broker.Consuming):
 
 
 def consume(
-    connection: pika.BlockingConnection,
+    connection: rabbitmq.Connection,
     settings: Settings,
     *,
     prefetch: int,
     fast_ack: bool = False,
-    known: broker.QueueInfo | None = None,
+    known: rabbitmq.QueueInfo | None = None,
     url: str = "",
-) -> tuple[Consumer, broker.QueueInfo]:
-    """Declare the work queue (broker.declare_queue) and consume it with this prefetch.
+) -> tuple[Consumer, rabbitmq.QueueInfo]:
+    """Declare the work queue (rabbitmq.declare_queue) and consume it with this prefetch.
 
     `fast_ack`: write acks to the socket directly where it can (worker/fastack.py).
     `url`: the AMQP URL the connection was opened with (for our policy, see declare_queue).
@@ -154,7 +151,7 @@ def consume(
             return consumer, known
         except QueueNotFound:
             pass  # that channel is closed; declare_queue opens its own
-    channel, info = broker.declare_queue(connection, settings, url)
+    channel, info = rabbitmq.declare_queue(connection, settings, url)
     consumer = Consumer(connection, channel, settings.queue, fast_ack)
     consumer.timeout = settings.consumer_timeout
     consumer.start_consuming(prefetch, info.queue_type)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from utils import broker
+from utils import rabbitmq
 from utils.errors import (
     AccessRefused,
     BrokerUnavailable,
@@ -22,7 +22,6 @@ from utils.errors import (
     TaskToolError,
 )
 from utils.logformat import EventLog, shorten
-from utils.management import queue_warnings
 from utils.settings import Settings, url_host
 from utils.task import DecodeError, Task, broker_count, delivery_ids
 from worker.consumer import Consumer, consume
@@ -79,7 +78,7 @@ class Worker:
         self._instant = getattr(handler, "is_instant", None)
         self._lost_logged = False  # connection_lost already logged for this connection
         self._node = ""
-        self._queue: broker.QueueInfo | None = None  # what the first connect found of it
+        self._queue: rabbitmq.QueueInfo | None = None  # what the first connect found of it
         self.queue_type = settings.queue_type
 
     @property
@@ -91,14 +90,14 @@ class Worker:
         """First call: warm stop (finish the task). Second: cold stop (give it back).
 
         Safe in a signal handler: it only moves the stage on. A reconnect that waits on a
-        broker that does not answer ends within broker.ANSWER_WITHIN, then sees the stop.
+        broker that does not answer ends within rabbitmq.internals.ANSWER_WITHIN, then sees the stop.
         """
         self._stop.request()
 
     # -- connect, consume, reconnect ----------------------------------------------------------
     def run(self) -> WorkerTally:
         """Consume until stopped; reconnect with capped, jittered back-off when the broker goes."""
-        backoff = broker.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
+        backoff = rabbitmq.Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         first = True
         attempt = 0
         while True:
@@ -159,7 +158,7 @@ class Worker:
                     return self.tally
 
     def _connect(self, first: bool) -> Consumer:
-        conn, url = broker.connect(
+        conn, url = rabbitmq.connect(
             self.settings, heartbeat=self.opts.heartbeat, client_name=f"work {self.opts.name}"
         )
         self._node = url_host(url)
@@ -190,8 +189,8 @@ class Worker:
             )
             # Once, at start: what the queue lacks (a dead-letter target, the consumer
             # timeout asked for), with the command that fixes it.
-            version = broker.server_version(conn)
-            for text in queue_warnings(
+            version = rabbitmq.server_version(conn)
+            for text in rabbitmq.queue_warnings(
                 self.settings, info, url, version, self.settings.management_url
             ):
                 self.log.event("queue_warning", worker=self.opts.name, queue=info.name, note=text)
@@ -271,7 +270,7 @@ class Worker:
             self.tally.stop = f"max tasks ({self.opts.max_tasks}) reached"
 
     # -- one delivery -------------------------------------------------------------------------
-    def _handle(self, consumer: Consumer, delivery: broker.Delivery) -> None:
+    def _handle(self, consumer: Consumer, delivery: rabbitmq.Delivery) -> None:
         """Decode, run and settle one delivery, logging its outcome."""
         method, properties, body = delivery
         name = self.opts.name

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from utils import broker
+from utils import rabbitmq
 from utils.errors import ConnectionLost
 from utils.logformat import EventLog, shorten
 from utils.task import BROKER_COUNTS, H_ATTEMPT, H_REASON
@@ -185,7 +185,7 @@ class Settler:
         self, queue: str, worker: str, max_attempts: int, log: EventLog, tally: WorkerTally
     ) -> None:
         self.queue = queue
-        self.dead_queue = broker.dead_letter_name(queue)
+        self.dead_queue = rabbitmq.dead_letter_name(queue)
         self.worker = worker
         self.max_attempts = max_attempts
         self.log = log
@@ -231,7 +231,7 @@ class Settler:
         self,
         decision: Decision,
         consumer: Consumer,
-        delivery: broker.Delivery,
+        delivery: rabbitmq.Delivery,
         ids: dict[str, Any],
         last: bool = False,
         later: bool = False,
@@ -357,11 +357,11 @@ class Settler:
             for name in BROKER_COUNTS:
                 headers.pop(name, None)
             headers[H_ATTEMPT] = decision.attempt
-            broker.publish_copy(consumer.connection, self.queue, body, properties, headers)
+            rabbitmq.publish_copy(consumer.connection, self.queue, body, properties, headers)
         elif action is DEAD_LETTER:
             headers[H_REASON] = shorten(decision.reason, 500)
             declare = self._dead_declared_on is not consumer
-            broker.publish_copy(
+            rabbitmq.publish_copy(
                 consumer.connection, self.dead_queue, body, properties, headers, declare=declare
             )
             self._dead_declared_on = consumer

@@ -1,9 +1,10 @@
 """The broker's management API, where it answers: what AMQP cannot tell.
 
-`tasks status` reads the unacked count and rates here; `work` and `tasks status` read a
-queue's arguments and the policy in force, to say whether an existing queue has a
-dead-letter target (queue_warning). Nothing here is required: a broker without the
-management plugin gets a plain note instead.
+`tasks status` reads the unacked count and rates here; declare_queue sets our policy
+here; `work` and `tasks status` read a queue's arguments and the policy in force, to say
+whether an existing queue has a dead-letter target (queues.queue_warnings). Nothing here
+is required: a broker without the management plugin gets a plain note instead. It knows
+the API, not the shape of our queues (utils/rabbitmq/queues.py), and speaks no AMQP.
 """
 
 from __future__ import annotations
@@ -19,15 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from utils.queues import (
-    CONSUMER_ARGUMENT_SINCE,
-    CONSUMER_TIMEOUT_SINCE,
-    DELIVERY_LIMIT,
-    QueueInfo,
-    dead_letter_settings,
-    policy_name,
-)
-from utils.settings import Settings, mask_url, url_vhost
+from utils.settings import mask_url, url_vhost
 
 #: Seconds we give the management API to answer before saying it did not.
 MANAGEMENT_TIMEOUT = 2.0
@@ -38,6 +31,11 @@ MANAGEMENT_PORT_OFFSET = 10000
 
 class ManagementUnavailable(Exception):
     """The management API did not answer, or answered with something we cannot use."""
+
+
+def policy_name(queue: str) -> str:
+    """The name of the policy we set on a work queue: `<queue>-tasks`."""
+    return f"{queue}-tasks"
 
 
 def default_management_url(amqp_url: str) -> str:
@@ -208,73 +206,7 @@ def policy_command(queue: str, vhost: str, definition: dict[str, Any]) -> str:
     """The rabbitmqctl command that sets this policy on this one queue (and no other)."""
     where = "" if vhost == "/" else f"-p {shlex.quote(vhost)} "
     return (
-        f"rabbitmqctl set_policy {where}{shlex.quote(queue + '-tasks')} "
+        f"rabbitmqctl set_policy {where}{shlex.quote(policy_name(queue))} "
         f"{shlex.quote('^' + re.escape(queue) + '$')} "
         f"{shlex.quote(json.dumps(definition, separators=(',', ':')))} --apply-to queues"
     )
-
-
-def queue_warnings(
-    settings: Settings,
-    info: QueueInfo,
-    amqp_url: str,
-    broker_version: tuple[int, ...] = (),
-    management_url: str | None = None,
-) -> list[str]:
-    """What an existing queue lacks that we would have given it, one line each (none when
-    nothing is amiss): a dead-letter target (quorum), and the consumer timeout asked for.
-
-    Where a policy can give it, the line names the one command that does; one policy is in
-    force on a queue at a time, so that command gives it both.
-    """
-    lines: list[str] = []
-    timeout_ms = round(settings.consumer_timeout * 1000) if settings.consumer_timeout else None
-    if timeout_ms and broker_version >= CONSUMER_ARGUMENT_SINCE:
-        # 4.3 and later: the worker's own consumer asks for it, on any quorum queue; a
-        # classic queue has no consumer timeout at all there.
-        if info.queue_type == "classic":
-            lines.append(
-                f"RabbitMQ {'.'.join(map(str, broker_version))} enforces no consumer timeout "
-                "on classic queues, so a task may take as long as it needs here; "
-                "--consumer-timeout changes nothing"
-            )
-        timeout_ms = None
-    if timeout_ms and broker_version and broker_version < CONSUMER_TIMEOUT_SINCE:
-        version = ".".join(map(str, broker_version))
-        lines.append(
-            f"RabbitMQ {version} has no per-queue consumer timeout (it came in 3.12), so "
-            f"--consumer-timeout does nothing here; raise the node's instead: "
-            f"consumer_timeout = {timeout_ms} in rabbitmq.conf, or at once: rabbitmqctl eval "
-            f"'application:set_env(rabbit, consumer_timeout, {timeout_ms}).'"
-        )
-        timeout_ms = None
-    need_dead_letter = info.no_dead_letter_args
-    need_timeout = bool(timeout_ms) and not info.created
-    if not (need_dead_letter or need_timeout):
-        return lines
-    found = queue_settings(amqp_url, info.name, management_url)
-    wanted: dict[str, Any] = {}
-    gaps: list[str] = []
-    if need_dead_letter and found.setting("dead-letter-exchange") is None:
-        gaps.append(
-            "no dead-letter target, so a message the broker gives up on is dropped "
-            f"(RabbitMQ 4 gives up after {DELIVERY_LIMIT} deliveries by default)"
-        )
-    if need_timeout and found.setting("consumer-timeout") != timeout_ms:
-        wanted["consumer-timeout"] = timeout_ms
-        gaps.append(
-            "a consumer timeout that --consumer-timeout cannot change (it applies only to "
-            "a queue we create)"
-        )
-    if not gaps:
-        return lines
-    if need_dead_letter:
-        wanted.update(dead_letter_settings(info.name))
-    unsure = (
-        ""
-        if found.answered
-        else f" ({found.note}, so a policy that already sees to it could not be checked)"
-    )
-    command = policy_command(info.name, url_vhost(amqp_url), wanted)
-    lines.append(f"queue '{info.name}' has {' and '.join(gaps)}{unsure}; fix it with: {command}")
-    return lines
