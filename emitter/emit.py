@@ -9,7 +9,18 @@ from emitter.publisher import DEFAULT_WINDOW, MAX_NACK_RETRIES, Publisher, Publi
 from emitter.source import CsvOptions, ReadStats, Row, iter_rows, open_source, validate_file
 from utils import broker
 from utils.errors import BrokerUnavailable, NothingToDo, TaskToolError
-from utils.logformat import EventLog
+from utils.eventlog.log import EventLog
+from utils.eventlog.schema import (
+    BLOCKED,
+    CONNECTION_LOST,
+    EMIT_DONE,
+    EMIT_FAILED,
+    EMIT_STARTED,
+    QUEUE_FOUND,
+    RECONNECTED,
+    RUN_MANIFEST,
+    UNBLOCKED,
+)
 from utils.settings import Settings, mask_url
 from utils.task import Task, new_run_id, task_id
 from utils.text import plural
@@ -70,7 +81,7 @@ def emit_rows(
         conn.close()
     run_id = new_run_id()
     log.event(
-        "emit_started",
+        EMIT_STARTED,
         run=run_id,
         source=name,
         queue=settings.queue,
@@ -82,7 +93,7 @@ def emit_rows(
         consumers=info.consumers,
     )
     if info.note:
-        log.event("queue_found", queue=settings.queue, note=info.note)
+        log.event(QUEUE_FOUND, queue=settings.queue, note=info.note)
     on_start(total)
 
     tasks = _tasks(opts, run_id, stats)
@@ -122,7 +133,7 @@ def emit_rows(
     ok = result.error is None and not result.unroutable and not result.nacked
     resume = "" if ok else resume_line(opts, total, result)
     log.event(
-        "emit_done" if ok else "emit_failed",
+        EMIT_DONE if ok else EMIT_FAILED,
         run=run_id,
         queue=settings.queue,
         rows=rows,
@@ -153,7 +164,7 @@ def _log_manifest(
     (rows are consecutive: FIRST-LAST; ids are the run id, a dash and the row).
     """
     log.event(
-        "run_manifest",
+        RUN_MANIFEST,
         run=run_id,
         source=source,
         queue=queue,
@@ -204,19 +215,19 @@ def _tasks(opts: EmitOptions, run_id: str, stats: ReadStats) -> Iterator[Task]:
 
 def _notice(event: str, fields: dict[str, object]) -> str:
     """The line a person should see at once for a publisher event, if any."""
-    if event == "blocked":
+    if event == BLOCKED:
         return (
             f"the broker is blocking publishers ({fields.get('reason')}); waiting up to "
             f"{fields.get('wait_up_to')} for it to recover"
         )
-    if event == "unblocked":
+    if event == UNBLOCKED:
         return "the broker accepts publishes again"
-    if event == "connection_lost":
+    if event == CONNECTION_LOST:
         return (
             f"connection lost ({fields.get('reason')}); reconnecting, "
             f"{_tasks_again(fields.get('unconfirmed'))} will be published again"
         )
-    if event == "reconnected":
+    if event == RECONNECTED:
         return f"reconnected to {fields.get('node')}; republishing {fields.get('republishing')}"
     return ""
 

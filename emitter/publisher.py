@@ -23,6 +23,7 @@ from pika.spec import Basic
 from emitter.fastpath import FastPath, open_fast_path
 from utils import broker
 from utils.errors import BrokerUnavailable, TaskToolError
+from utils.eventlog.schema import BLOCKED, CONNECTION_LOST, RECONNECT_FAILED, RECONNECTED, UNBLOCKED
 from utils.settings import Settings, url_host
 from utils.task import Task
 
@@ -126,7 +127,7 @@ class Publisher:
             # The connection was lost with work left: reconnect with a capped back-off.
             reason = broker.plain_reason(self._lost) if self._lost else "unknown"
             self._requeue_pending()
-            self._event("connection_lost", reason=reason, unconfirmed=len(self._retry))
+            self._event(CONNECTION_LOST, reason=reason, unconfirmed=len(self._retry))
             if deadline is None:
                 deadline = time.monotonic() + self.retry_for
             new_url = self._reconnect(deadline)
@@ -137,7 +138,7 @@ class Publisher:
                 break
             url = self.result.url = new_url
             self.result.reconnects += 1
-            self._event("reconnected", node=url_host(url), republishing=len(self._retry))
+            self._event(RECONNECTED, node=url_host(url), republishing=len(self._retry))
             deadline = None
         self.result.seconds = time.monotonic() - started
         self.result.error = self._fatal
@@ -157,7 +158,7 @@ class Publisher:
                     conn.close()
                 return url
             except RECONNECT_ERRORS as exc:
-                self._event("reconnect_failed", reason=getattr(exc, "message", str(exc)))
+                self._event(RECONNECT_FAILED, reason=getattr(exc, "message", str(exc)))
         return None
 
     def _run_connection(self, url: str) -> None:
@@ -199,10 +200,10 @@ class Publisher:
 
     def _on_blocked(self, conn: Any, frame: Any) -> None:
         reason = getattr(frame.method, "reason", "") or "a resource alarm"
-        self._event("blocked", reason=reason, wait_up_to=f"{self.blocked_timeout:g}s")
+        self._event(BLOCKED, reason=reason, wait_up_to=f"{self.blocked_timeout:g}s")
 
     def _on_unblocked(self, conn: Any, frame: Any) -> None:
-        self._event("unblocked")
+        self._event(UNBLOCKED)
 
     def _on_channel_open(self, channel: Any) -> None:
         self._channel = channel

@@ -19,7 +19,7 @@ from typing import Any
 
 import pika
 
-from utils.logformat import parse_line
+from utils.eventlog.format import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

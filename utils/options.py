@@ -16,7 +16,8 @@ import click
 
 from utils.broker import quiet_pika
 from utils.errors import ExitCode, TaskToolError
-from utils.events import (
+from utils.eventlog.log import EventLog
+from utils.eventlog.stream import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_BYTES,
     EventsConfig,
@@ -25,7 +26,6 @@ from utils.events import (
     open_event_stream,
     parse_size,
 )
-from utils.logformat import EventLog
 from utils.settings import (
     DEFAULT_QUEUE,
     DEFAULT_URL,
