@@ -178,27 +178,27 @@ class RunView(Run):
         self.counts(a.worker)
 
     def on_ended(self, a: Attempt, row: int | None, found: bool) -> None:
-        end = a.end or a.start
-        self._bar(a, end, a.outcome)
+        start, stop = a.start.timestamp(), (a.end or a.start).timestamp()
+        counts = self._bar(a, start, stop, a.outcome)
         if a.outcome == DONE:
-            self.counts(a.worker).done += 1
+            counts.done += 1
             if self.done_set.add(a.task, row):
                 self.done += 1
             else:
                 self.duplicates += 1
-            self._finish(a.task, row, end.timestamp())
+            self._finish(a.task, row, stop)
             if self.first_start is None:
-                self.first_start = a.start.timestamp()
+                self.first_start = start
         elif a.outcome == FAILED:
             self.failed += 1
-            self.counts(a.worker).failed += 1
+            counts.failed += 1
             self.failures.append(
                 {
-                    "at": end.timestamp(),
+                    "at": stop,
                     "worker": a.worker,
                     "task": a.task,
                     "row": row,
-                    "attempt": a.attempt,
+                    "attempt": a.said,
                     "of": a.of,
                     "reason": a.reason,
                     "body": a.body if found else None,
@@ -209,7 +209,7 @@ class RunView(Run):
             self.requeued += 1
 
     def on_abandoned(self, a: Attempt, ts: datetime) -> None:
-        self._bar(a, ts, LOST)
+        self._bar(a, a.start.timestamp(), ts.timestamp(), LOST)
 
     def on_dead_lettered(self, task: str, row: int | None, ts: datetime, reason: str) -> None:
         if self.dead_set.add(task, row):
@@ -226,15 +226,16 @@ class RunView(Run):
     def on_retry(self, task: str, row: int | None) -> None:
         """Nothing to show: the failure is shown, and the next attempt will be."""
 
-    def _bar(self, a: Attempt, end: datetime, outcome: str) -> None:
-        """The attempt's bar on the timeline, and its worker's busy time."""
-        start, stop = a.start.timestamp(), end.timestamp()
-        self.counts(a.worker).busy += max(0.0, stop - start)
+    def _bar(self, a: Attempt, start: float, stop: float, outcome: str) -> WorkerCounts:
+        """The attempt's bar on the timeline, and its worker's busy time; its counts."""
+        counts = self.counts(a.worker)
+        counts.busy += max(0.0, stop - start)
         if len(self.bars) == self.bars.maxlen:
             self.dropped_seq = self.bars[0][0]
         seq = self.owner.version if self.owner is not None else 0
         self.bars.append((seq, a.worker, a.row, start, stop, outcome))
         self.last_end = stop if self.last_end is None else max(self.last_end, stop)
+        return counts
 
     def _finish(self, task: str, row: int | None, ts: float) -> None:
         """Count a task done or dead-lettered once, and in the rate."""

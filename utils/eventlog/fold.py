@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from utils.eventlog.format import parse_ts
 from utils.eventlog.records import (
     EMIT_ENDINGS,
+    UNFINISHED,
     UNTRACKED,
     Attempt,
     LogSet,
@@ -138,7 +139,10 @@ class Fold(Generic[R]):
     def _task_run(self, f: dict[str, str]) -> R | None:
         """A task line's run: the one it names, else the untracked messages' pseudo-run."""
         run_id = f.get("run")
-        return self._run(run_id) if run_id else self.untracked
+        if not run_id:
+            return self.untracked
+        run = self.runs.get(run_id)  # (the usual case, without a call)
+        return run if run is not None else self._run(run_id)
 
     def _run_by_id(self, run_id: str) -> R | None:
         return self.runs.get(run_id) if run_id else self.untracked
@@ -146,7 +150,7 @@ class Fold(Generic[R]):
     def _queue_of(self, life: WorkerLife, run: Run | None) -> str:
         # Lines are folded in time order, so the worker's latest ready is its queue now.
         if life.ready:
-            return max(life.ready)[1]
+            return life.queue
         return run.emitted.get("queue", "") if run is not None else ""
 
     def _drop_current(self, life: WorkerLife) -> None:
@@ -166,7 +170,10 @@ class Fold(Generic[R]):
     # -- a worker's life ------------------------------------------------------------------------
     def _ready(self, ts: datetime, f: dict[str, str], life: WorkerLife | None) -> str:
         if life is not None:
-            life.ready.append((ts, f.get("queue", "")))
+            ready = (ts, f.get("queue", ""))
+            if not life.ready or ready >= max(life.ready):
+                life.queue = ready[1]
+            life.ready.append(ready)
             life.gone, life.reconnecting, life.stopping = None, False, None
             life.node = f.get("node") or life.node
             self._drop_current(life)  # a new process under an old name: the old task is gone
@@ -225,22 +232,29 @@ class Fold(Generic[R]):
             # connection is gone (killed, most likely) unless it speaks again.
             self._abandon(holder, ts)
             holder.gone = f"its task went to {life.name} (killed, or its connection was lost)"
-        self._abandon(life, ts)
+        if life.current is not None:
+            self._abandon(life, ts)
         row = _int(f.get("row"))
         body = f.get("body", "")
         life.last_row, life.last_body = row, body
         if run is None:
             return ""  # a run older than every one kept
         attempt = _int(f.get("attempt"))
+        redelivered = f.get("redelivered") == "true"
+        # Positional: a dashboard following a busy run makes one a task, and keywords cost.
         a = Attempt(
             life.name,
             ts,
-            f.get("redelivered") == "true",
+            redelivered,
             1 if attempt is None else attempt,
-            task=task,
-            row=row,
-            run=run.run_id,
-            body=body,
+            None,
+            UNFINISHED,
+            None,
+            "",
+            task,
+            row,
+            run.run_id,
+            body,
         )
         life.current = a
         self._holder[task] = life
@@ -269,8 +283,10 @@ class Fold(Generic[R]):
         row = _int(f.get("row"))
         a = life.current
         if a is not None and a.task == task:
-            self._drop_current(life)
-            run = self._run_by_id(a.run)
+            life.current = None
+            self._holder.pop(task, None)
+            if run is None or a.run != run.run_id:
+                run = self._run_by_id(a.run)
         else:
             a = run.open_attempt(task, life.name) if run is not None else None
         found = a is not None
@@ -279,7 +295,9 @@ class Fold(Generic[R]):
             start = ts - timedelta(seconds=secs) if secs else ts
             a = Attempt(life.name, start, False, 1 if attempt is None else attempt)
             a.task, a.row, a.run = task, row, run.run_id if run is not None else UNTRACKED
-        a.end, a.outcome, a.reason, a.of = ts, ev, reason, _int(f.get("of"))
+        a.end, a.outcome, a.reason = ts, ev, reason
+        if ev == FAILED:
+            a.said, a.of = _int(f.get("attempt")), _int(f.get("of"))
         a.seconds = secs if secs is not None else (ts - a.start).total_seconds()
         if run is not None:
             run.on_ended(a, row, found)

@@ -44,7 +44,9 @@ class Attempt:
     row: int | None = None
     run: str = UNTRACKED  # the run's id
     body: str = ""
-    of: int | None = None  # the attempts it was allowed (--max-attempts), as a failure says
+    #: What a failure's line says: "attempt `said` of `of`" (of: --max-attempts).
+    said: int | None = None
+    of: int | None = None
 
 
 @dataclass
@@ -150,6 +152,7 @@ class WorkerLife:
     name: str
     ready: list[tuple[datetime, str]] = field(default_factory=list)  # (when, queue)
     stopped: list[datetime] = field(default_factory=list)
+    queue: str = ""  # the queue of its latest ready (max(ready)), once it has one
     last_seen: datetime | None = None
     host: str | None = None
     node: str | None = None
@@ -192,9 +195,10 @@ def event_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        return as_utc(parse_ts(text))
+        ts = parse_ts(text)
     except ValueError:
         return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
 # -- a whole log set, for the report --------------------------------------------------------------
