@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from utils.logformat import format_event
+from utils.eventlog.format import format_event
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -45,7 +45,7 @@ def stamp(seconds: float) -> str:
 
 
 def line(at: float, event: str, **fields: Any) -> str:
-    """A log line as utils.logformat writes it, at a made-up time."""
+    """A log line as utils/eventlog/format.py writes it, at a made-up time."""
     return f"ts={stamp(at)} " + format_event(event, **fields).split(" ", 1)[1]
 
 

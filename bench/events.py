@@ -6,7 +6,7 @@
    --no-events, repetitions interleaved; the rate is the work section's steady rate.
    Issue 13's target: events on >= 0.95x --no-events.
 2. Reading: a stream holding the events of a 100,000-task run (3 workers, the batches a
-   worker sends, as utils/events.py builds them), read by `tasks report --source broker
+   worker sends, as utils/eventlog/stream.py builds them), read by `tasks report --source broker
    --json`, timed from spawn to exit; beside it, `tasks report --json` on a log folder with
    the same lines.
 """
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from bench.stats import fmt_num, fmt_ratio, fmt_spread, rate, ratios, spread, verdict
 from utils import rabbitmq
-from utils.events import KIND_EVENTS, EventsConfig, stream_name
-from utils.logformat import format_event
+from utils.eventlog.format import format_event
+from utils.eventlog.stream import KIND_EVENTS, EventsConfig, stream_name
 from utils.settings import Settings
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def events_section(r: dict[str, Any]) -> list[str]:
             "",
             "What events cost a worker: on the task's path, one call and a deque append per "
             "write of its log; on a thread of its own, one confirmed publish of a batch every "
-            "0.2 s (utils/events.py). That is below what this machine can resolve: a ratio "
+            "0.2 s (utils/eventlog/stream.py). That is below what this machine can resolve: a ratio "
             "above 1.00x is noise (other work on the machine), not a gain. CPU time, the "
             "worker's own including its event thread, is the steadier figure.",
             "",

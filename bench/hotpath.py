@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.logformat import EventLog
+from utils.eventlog.log import EventLog
 from utils.settings import Settings
 from utils.task import Task
 from worker.handlers import DotSleep

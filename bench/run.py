@@ -33,7 +33,7 @@ from bench.stats import rate, ratios, spread
 from inspector.analysis import summarise_run
 from inspector.runs import latest_run, read_logs
 from inspector.schedule import round_robin
-from utils.logformat import parse_ts
+from utils.eventlog.format import parse_ts
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

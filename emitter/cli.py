@@ -14,7 +14,8 @@ from emitter.emit import EmitOptions, EmitReport, emit_rows, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.errors import BadInput, ExitCode
-from utils.logformat import EventLog, shorten
+from utils.eventlog.format import shorten
+from utils.eventlog.log import EventLog
 from utils.options import (
     EnvOption,
     broker_options,

@@ -14,7 +14,18 @@ from emitter.publisher import (
 )
 from emitter.source import CsvOptions, ReadStats, Row, iter_rows, open_source, validate_file
 from utils.errors import BrokerUnavailable, NothingToDo, TaskToolError
-from utils.logformat import EventLog
+from utils.eventlog.log import EventLog
+from utils.eventlog.schema import (
+    BLOCKED,
+    CONNECTION_LOST,
+    EMIT_DONE,
+    EMIT_FAILED,
+    EMIT_STARTED,
+    QUEUE_FOUND,
+    RECONNECTED,
+    RUN_MANIFEST,
+    UNBLOCKED,
+)
 from utils.settings import Settings, mask_url
 from utils.task import Task, new_run_id, task_id
 from utils.text import plural
@@ -78,7 +89,7 @@ def emit_rows(
     conn, url, info = connect_and_declare(settings, opts.blocked_timeout)
     try:
         log.event(
-            "emit_started",
+            EMIT_STARTED,
             run=run_id,
             source=name,
             queue=settings.queue,
@@ -90,7 +101,7 @@ def emit_rows(
             consumers=info.consumers,
         )
         if info.note:
-            log.event("queue_found", queue=settings.queue, note=info.note)
+            log.event(QUEUE_FOUND, queue=settings.queue, note=info.note)
         on_start(total)
         if total is not None:  # known before any row is sent: a reader knows what to expect
             _log_manifest(log, run_id, name, settings.queue, opts, total)
@@ -147,7 +158,7 @@ def _log_end(
     ok = result.error is None and not result.unroutable and not result.nacked
     resume = "" if ok else resume_line(opts, total, result)
     log.event(
-        "emit_done" if ok else "emit_failed",
+        EMIT_DONE if ok else EMIT_FAILED,
         run=run_id,
         queue=queue,
         rows=_row_range(opts, total),
@@ -176,7 +187,7 @@ def _log_manifest(
     (rows are consecutive: FIRST-LAST; ids are the run id, a dash and the row).
     """
     log.event(
-        "run_manifest",
+        RUN_MANIFEST,
         run=run_id,
         source=source,
         queue=queue,
@@ -227,19 +238,19 @@ def _tasks(opts: EmitOptions, run_id: str, stats: ReadStats) -> Iterator[Task]:
 
 def _notice(event: str, fields: dict[str, object]) -> str:
     """The line a person should see at once for a publisher event, if any."""
-    if event == "blocked":
+    if event == BLOCKED:
         return (
             f"the broker is blocking publishers ({fields.get('reason')}); waiting up to "
             f"{fields.get('wait_up_to')} for it to recover"
         )
-    if event == "unblocked":
+    if event == UNBLOCKED:
         return "the broker accepts publishes again"
-    if event == "connection_lost":
+    if event == CONNECTION_LOST:
         return (
             f"connection lost ({fields.get('reason')}); reconnecting, "
             f"{_tasks_again(fields.get('unconfirmed'))} will be published again"
         )
-    if event == "reconnected":
+    if event == RECONNECTED:
         return f"reconnected to {fields.get('node')}; republishing {fields.get('republishing')}"
     return ""
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from emitter.fastpath import FastPath, open_fast_path
 from utils import rabbitmq
 from utils.errors import AccessRefused, BlockedTooLong, BrokerUnavailable, TaskToolError
+from utils.eventlog.schema import BLOCKED, CONNECTION_LOST, RECONNECT_FAILED, RECONNECTED, UNBLOCKED
 from utils.settings import Settings, url_host
 from utils.task import Task
 
@@ -136,7 +137,7 @@ class Publisher:
             # The connection was lost with work left: reconnect with a capped back-off.
             reason = self._lost.message if self._lost else "unknown"
             self._requeue_pending()
-            self._event("connection_lost", reason=reason, unconfirmed=len(self._retry))
+            self._event(CONNECTION_LOST, reason=reason, unconfirmed=len(self._retry))
             if deadline is None:
                 deadline = time.monotonic() + self.retry_for
             again = self._reconnect(deadline)
@@ -148,7 +149,7 @@ class Publisher:
             connection, url = again
             self.result.url = url
             self.result.reconnects += 1
-            self._event("reconnected", node=url_host(url), republishing=len(self._retry))
+            self._event(RECONNECTED, node=url_host(url), republishing=len(self._retry))
             deadline = None
         self.result.seconds = time.monotonic() - started
         self.result.error = self._fatal
@@ -164,7 +165,7 @@ class Publisher:
             try:
                 return connect_and_declare(self.settings, self.blocked_timeout)[:2]
             except RECONNECT_ERRORS as exc:
-                self._event("reconnect_failed", reason=getattr(exc, "message", str(exc)))
+                self._event(RECONNECT_FAILED, reason=getattr(exc, "message", str(exc)))
         return None
 
     def _run_connection(self, connection: rabbitmq.Connection, url: str) -> None:
@@ -190,11 +191,11 @@ class Publisher:
 
     def blocked(self, reason: str) -> None:
         """The broker blocks publishing: say so, and how long we wait."""
-        self._event("blocked", reason=reason, wait_up_to=f"{self.blocked_timeout:g}s")
+        self._event(BLOCKED, reason=reason, wait_up_to=f"{self.blocked_timeout:g}s")
 
     def unblocked(self) -> None:
         """The broker accepts publishes again."""
-        self._event("unblocked")
+        self._event(UNBLOCKED)
 
     def ready(self, link: rabbitmq.AsyncConnection) -> None:
         """The confirm channel is open: start publishing (fast where it can)."""

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from inspector.runs import Run, TaskRecord, WorkerLife
 from inspector.schedule import greedy, lower_bound, lpt, round_robin
+from utils.eventlog.records import UNFINISHED, Run, TaskRecord, WorkerLife
+from utils.eventlog.schema import DONE, FAILED, REQUEUED
 
 
 @dataclass
@@ -111,7 +112,7 @@ def summarise_run(run: Run, lives: dict[str, WorkerLife] | None = None) -> RunSu
                 ends.append(a.end)
                 w.last_end = max(filter(None, (w.last_end, a.end)))
                 w.busy += a.seconds or 0.0
-            if a.outcome == "done":
+            if a.outcome == DONE:
                 w.tasks += 1
                 if t.row is not None:
                     w.rows.append(t.row)
@@ -238,7 +239,7 @@ def _consumer_timeout(t: TaskRecord, run: Run) -> str | None:
 
 
 def _worker_stopped_mid_task(t: TaskRecord, run: Run) -> str | None:
-    cut = [a.worker for a in t.attempts[:-1] if a.outcome == "unfinished"]
+    cut = [a.worker for a in t.attempts[:-1] if a.outcome == UNFINISHED]
     if cut:
         return (
             f"redelivered after worker {cut[0]} stopped mid-task (killed, or its connection died)"
@@ -247,13 +248,13 @@ def _worker_stopped_mid_task(t: TaskRecord, run: Run) -> str | None:
 
 
 def _cold_stop(t: TaskRecord, run: Run) -> str | None:
-    if any(a.outcome == "requeued" for a in t.attempts):
+    if any(a.outcome == REQUEUED for a in t.attempts):
         return "given back by a cold stop, then redone"
     return None
 
 
 def _failed(t: TaskRecord, run: Run) -> str | None:
-    return "failed and retried" if any(a.outcome == "failed" for a in t.attempts) else None
+    return "failed and retried" if any(a.outcome == FAILED for a in t.attempts) else None
 
 
 def _republished(t: TaskRecord, run: Run) -> str | None:
@@ -315,12 +316,12 @@ def summarise_untracked(run: Run) -> UntrackedSummary:
         for a in t.attempts:
             u.deliveries += 1
             u.redeliveries += a.redelivered
-            if a.outcome == "done":
+            if a.outcome == DONE:
                 u.done += 1
                 u.done_by[a.worker] = u.done_by.get(a.worker, 0) + 1
-            elif a.outcome == "unfinished":
+            elif a.outcome == UNFINISHED:
                 u.unfinished += 1
-            elif a.outcome == "requeued":
+            elif a.outcome == REQUEUED:
                 u.given_back += 1
             else:
                 u.failed += 1

@@ -9,7 +9,7 @@ import click
 
 from utils import rabbitmq
 from utils.errors import ConnectionLost, PublishRefused
-from utils.logformat import shorten
+from utils.eventlog.format import shorten
 from utils.options import (
     broker_options,
     consumer_timeout_option,

@@ -19,11 +19,13 @@ from inspector.render import (
     report_csv,
     report_json,
 )
-from inspector.runs import LogSet, Run, all_runs, latest_run, log_files, read_logs
+from inspector.runs import all_runs, latest_run, log_files, read_logs
 from inspector.stream import read_broker
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
-from utils.logformat import parse_ts
+from utils.eventlog.format import parse_ts
+from utils.eventlog.records import LogSet, Run
+from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
 from utils.options import broker_options, handle_errors, make_settings, management_url_option
 from utils.settings import DEFAULT_QUEUE, Settings
 from utils.text import echo_prose, plural, prose_width
@@ -139,7 +141,7 @@ def report(
     if source == "broker":
         since = _run_start(run_id)
         logs, got = read_broker(settings, since=since)
-        if since is not None and "emit_started" not in logs.runs.get(str(run_id), Run("")).emitted:
+        if since is not None and EMIT_STARTED not in logs.runs.get(str(run_id), Run("")).emitted:
             # Its start is older than the id says (an emitter whose clock runs ahead of the
             # broker's by more than the margin): read it all.
             logs, got = read_broker(settings)
@@ -342,7 +344,7 @@ def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
             last_size = size
             logs = read_logs(log_dir)
             run = logs.runs.get(run_id) if run_id else latest_run(logs)
-            if run is not None and run.emitted.get("emit_done"):
+            if run is not None and run.emitted.get(EMIT_DONE):
                 audit = summarise_run(run).audit
                 if not audit.missing:
                     click.echo(f"run {run.run_id}: all {plural(audit.emitted, 'task')} done")

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary, times
-from inspector.runs import Run, Skipped
 from inspector.whereabouts import Whereabouts
+from utils.eventlog.records import UNFINISHED, Run, Skipped
+from utils.eventlog.schema import DONE, EMIT_DONE, REQUEUED
 from utils.text import plural, wrap_prose
 
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
@@ -25,7 +26,7 @@ BODY_COLUMN = 20
 #: Worker-name characters shown in the per-task table.
 WORKER_COLUMN = 14
 #: How the per-task table marks a delivery that did not end in done.
-OUTCOME_NOTES = {"requeued": "given back"}
+OUTCOME_NOTES = {REQUEUED: "given back"}
 
 
 def _rows_text(rows: list[int], limit: int = 12) -> str:
@@ -65,7 +66,7 @@ def render_text(
     terminal's columns, to wrap prose at words and cut the rows column (None: no limit).
     """
     e = run.emitted
-    status = "" if run.emit_status == "done" else f" [emit {run.emit_status}]"
+    status = "" if EMIT_DONE in run.emitted else f" [emit {run.emit_status}]"
     what = (
         f"{plural(s.audit.emitted, 'task')} from {e.get('source', '?')} "
         f"to queue {e.get('queue', '?')} (order: {s.figures.order}){status}"
@@ -96,10 +97,10 @@ def render_text(
         for a in t.attempts:
             secs = f"{a.seconds:.2f}" if a.seconds is not None else "-"
             outcome = a.outcome
-            if outcome == "unfinished" and a is t.attempts[-1] and t.row in held:
+            if outcome == UNFINISHED and a is t.attempts[-1] and t.row in held:
                 outcome = "in progress"
             notes = ["redelivered"] if a.redelivered else []
-            if outcome != "done":
+            if outcome != DONE:
                 notes.append(f"({OUTCOME_NOTES.get(outcome, outcome)})")
             body = t.body if len(t.body) <= BODY_COLUMN else t.body[: BODY_COLUMN - 1] + "…"
             table.append(

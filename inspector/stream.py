@@ -1,6 +1,6 @@
 """Reading the event stream `<queue>.events` back: what every `work` and `emit` logged, anywhere.
 
-Each stream message is a batch of log lines (utils/events.py), parsed with parse_line as
+Each stream message is a batch of log lines (utils/eventlog/stream.py), parsed with parse_line as
 the log files are. A batch sent twice (its confirm was lost with a connection) carries
 the same message id both times: only the first copy counts.
 
@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from inspector.runs import LogSet, Skipped, fold_events
 from utils import rabbitmq
 from utils.errors import BrokerUnavailable, ConnectionLost, NothingToDo
-from utils.events import KIND_EVENTS, KIND_MARK, stream_name
-from utils.logformat import parse_line
+from utils.eventlog.fold import fold_events
+from utils.eventlog.format import parse_line
+from utils.eventlog.records import LogSet, Skipped
+from utils.eventlog.stream import KIND_EVENTS, KIND_MARK, stream_name
 from utils.settings import Settings
 
 #: Stream messages the broker may send before we ack (each a batch of up to 1 MB of lines).

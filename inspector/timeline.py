@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inspector.analysis import RunSummary
-from inspector.runs import Attempt
+from utils.eventlog.records import UNFINISHED, Attempt
+from utils.eventlog.schema import DONE, FAILED, REQUEUED
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: gid of every task bar, so tests (and anyone) can tell them from other patches.
 BAR_GID = "task-bar"
-COLOURS = {"done": "#4c8bd6", "failed": "#d9534f", "requeued": "#999999", "unfinished": "#f0ad4e"}
+COLOURS = {DONE: "#4c8bd6", FAILED: "#d9534f", REQUEUED: "#999999", UNFINISHED: "#f0ad4e"}
 
 
 def drawn_end(s: RunSummary, a: Attempt) -> datetime:
@@ -37,13 +38,13 @@ def drawn_end(s: RunSummary, a: Attempt) -> datetime:
 
 
 #: How the text timeline fills a bar, by how the delivery ended.
-TEXT_FILL = {"done": "=", "failed": "x", "requeued": "~", "unfinished": "?"}
-#: The words for an ending in the text timeline's key.
+TEXT_FILL = {DONE: "=", FAILED: "x", REQUEUED: "~", UNFINISHED: "?"}
+#: The words for an ending in the text timeline's key (done and failed: their own names).
 ENDINGS = {
-    "done": "done",
-    "failed": "failed",
-    "requeued": "given back by a cold stop",
-    "unfinished": "cut off (its worker was killed, or its log ends)",
+    DONE: DONE,
+    FAILED: FAILED,
+    REQUEUED: "given back by a cold stop",
+    UNFINISHED: "cut off (its worker was killed, or its log ends)",
 }
 #: Letters that stand for bars too short to hold their row number.
 KEYS = string.ascii_lowercase + string.ascii_uppercase

@@ -19,10 +19,11 @@ from typing import Any
 from urllib.parse import quote
 
 from inspector.analysis import RunSummary
-from inspector.runs import LogSet, Run, TaskRecord, run_order
+from inspector.runs import run_order
 from inspector.status import ManagementUnavailable, default_management_url, fetch_json
 from utils import rabbitmq
 from utils.errors import TaskToolError
+from utils.eventlog.records import UNFINISHED, LogSet, Run, TaskRecord
 from utils.settings import Settings, url_host, url_vhost
 from utils.text import plural
 
@@ -199,7 +200,7 @@ def _active(s: RunSummary, logs: LogSet) -> list[int]:
             continue
         a = t.attempts[-1]
         life = logs.workers.get(a.worker)
-        if a.outcome == "unfinished" and (life is None or life.holds_since(a.start)):
+        if a.outcome == UNFINISHED and (life is None or life.holds_since(a.start)):
             rows.append(row)
     return rows
 

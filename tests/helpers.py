@@ -18,7 +18,7 @@ from typing import Any
 
 import pika
 
-from utils.logformat import parse_line
+from utils.eventlog.format import parse_line
 from utils.rabbitmq import Connection, connect, server_version
 from utils.settings import Settings
 

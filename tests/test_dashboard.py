@@ -23,7 +23,7 @@ from inspector.dashboard.server import Dashboard, is_loopback, make_server
 from inspector.dashboard.sources import LogTail
 from inspector.dashboard.state import DashboardState, TaskSet
 from tests.helpers import BIN, ROOT, no_traceback, run, wait_for
-from utils.logformat import format_event
+from utils.eventlog.format import format_event
 
 RUN = "20261127T100000-ab12"
 #: The dashboard's port in these tests (0: any free one); TEST_DASHBOARD_PORT pins a range.
@@ -31,7 +31,7 @@ PORT = int(os.environ.get("TEST_DASHBOARD_PORT", "0"))
 
 
 def line(ts: str, event: str, **fields: object) -> str:
-    """A log line exactly as utils.logformat writes it, at a given time."""
+    """A log line exactly as utils/eventlog/format.py writes it, at a given time."""
     return f"ts={ts} " + format_event(event, **fields).split(" ", 1)[1]
 
 
@@ -61,7 +61,7 @@ def run_lines(workers: int = 2, tasks: int = 6, fail_row: int | None = None) -> 
 
 
 def folded(lines: list[str], **kw: object) -> DashboardState:
-    from utils.logformat import parse_line
+    from utils.eventlog.format import parse_line
 
     s = DashboardState(**kw)  # type: ignore[arg-type]
     s.apply_all([e for e in (parse_line(x) for x in lines) if e])
@@ -247,7 +247,7 @@ def test_the_tail_counts_lines_it_cannot_read(tmp_path: Path) -> None:
 
 
 def folded_events(lines: list[str]) -> list[dict[str, str]]:
-    from utils.logformat import parse_line
+    from utils.eventlog.format import parse_line
 
     return sorted((e for e in (parse_line(x) for x in lines) if e), key=lambda e: e["ts"])
 

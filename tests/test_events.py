@@ -23,7 +23,9 @@ from tests.helpers import (
     wait_for_event,
 )
 from utils import rabbitmq
-from utils.events import (
+from utils.eventlog.format import format_event
+from utils.eventlog.log import EventLog
+from utils.eventlog.stream import (
     KIND_EVENTS,
     EventsConfig,
     EventStream,
@@ -31,7 +33,6 @@ from utils.events import (
     parse_size,
     stream_name,
 )
-from utils.logformat import EventLog, format_event
 from utils.settings import Settings
 
 

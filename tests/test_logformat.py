@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from utils import logformat
-from utils.logformat import format_event, parse_line
+from utils.eventlog import format as logformat
+from utils.eventlog.format import format_event, parse_line
 
 
 def test_log_lines_round_trip_with_awkward_values():

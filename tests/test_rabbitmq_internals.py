@@ -26,7 +26,7 @@ from tests.helpers import (
 from tests.untested_pika import UNTESTED
 from utils import rabbitmq
 from utils.errors import ConnectionLost
-from utils.logformat import EventLog
+from utils.eventlog.log import EventLog
 from utils.rabbitmq import internals
 from utils.settings import Settings
 from worker.consumer import consume

@@ -40,7 +40,7 @@ from tests.helpers import (
     wait_for_event,
     wait_for_stream_event,
 )
-from utils.logformat import parse_ts
+from utils.eventlog.format import parse_ts
 from utils.rabbitmq import DELIVERY_LIMIT
 
 pytestmark = pytest.mark.slow
@@ -229,7 +229,7 @@ def busy_worker(r: Run, seconds_left: float = 0.0, per_dot: float = 0.0) -> Proc
 def kill_mid_task_known_to_the_broker(r: Run) -> None:
     """SIGKILL a worker mid-task once its task's `started` is in the event stream too.
 
-    The line reaches the broker moments after the log (utils/events.py); a worker killed
+    The line reaches the broker moments after the log (utils/eventlog/stream.py); a worker killed
     within them has it in its log only, and the broker-side report could not say who
     held the task.
     """

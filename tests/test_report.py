@@ -15,11 +15,12 @@ from click.testing import CliRunner
 from inspector import timeline
 from inspector.analysis import TIMES, summarise_run
 from inspector.cli import main
-from inspector.runs import Run, all_runs, latest_run, read_logs
+from inspector.runs import all_runs, latest_run, read_logs
 from inspector.schedule import greedy, lower_bound, lpt, round_robin
 from inspector.timeline import text_timeline
 from tests.helpers import no_traceback, run
-from utils.logformat import format_event
+from utils.eventlog.format import format_event
+from utils.eventlog.records import Run
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 R1, R2 = "20260101T120000-aaaa", "20260101T130000-bbbb"

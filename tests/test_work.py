@@ -10,7 +10,7 @@ from pathlib import Path
 import pika
 import pytest
 
-import utils.logformat as logformat
+import utils.eventlog.log as eventlog_log
 from inspector.analysis import summarise_run, worker_rows
 from inspector.runs import latest_run, read_logs
 from tests.helpers import (
@@ -29,7 +29,8 @@ from tests.helpers import (
 )
 from utils import rabbitmq
 from utils.errors import ConnectionLost
-from utils.logformat import EventLog, now_iso, parse_line
+from utils.eventlog.format import format_event, now_iso, parse_line
+from utils.eventlog.log import EventLog
 from utils.settings import Settings
 from utils.task import Task
 from worker.consumer import Consumer, consume
@@ -366,7 +367,7 @@ def test_acks_that_wait_when_the_connection_goes_are_each_logged_lost_and_rememb
 
 # -- the worker's log file and terminal lines (no broker) -------------------------------------
 def test_the_log_file_rotates_by_size_and_keeps_parseable_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(logformat, "MAX_BYTES", 2000)
+    monkeypatch.setattr(eventlog_log, "MAX_BYTES", 2000)
     path = tmp_path / "worker-r.log"
     log = EventLog(path, echo=False)
     try:
@@ -389,7 +390,7 @@ def test_the_terminal_line_names_the_row_and_the_note_and_leaves_the_ids_to_the_
 
 
 def test_a_value_ending_in_a_newline_stays_on_its_line():
-    line = logformat.format_event("done", task="t-1", output="ok\n")
+    line = format_event("done", task="t-1", output="ok\n")
     assert "\n" not in line and parse_line(line)["output"] == "ok\n"
 
 

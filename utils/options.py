@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import click
 
 from utils.errors import ExitCode, TaskToolError
-from utils.events import (
+from utils.eventlog.log import EventLog
+from utils.eventlog.stream import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_BYTES,
     EventsConfig,
@@ -24,7 +25,6 @@ from utils.events import (
     open_event_stream,
     parse_size,
 )
-from utils.logformat import EventLog
 from utils.rabbitmq import quiet_pika
 from utils.settings import (
     DEFAULT_QUEUE,

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from utils.errors import ExitCode, TaskToolError
-from utils.logformat import EventLog
+from utils.eventlog.log import EventLog
+from utils.eventlog.schema import WORKER_STOPPED
 from utils.options import (
     EnvOption,
     broker_options,
@@ -178,7 +179,7 @@ def main(
         raise
     finally:
         log.event(
-            "worker_stopped",
+            WORKER_STOPPED,
             worker=name,
             done=tally.done,
             failed=tally.failed,

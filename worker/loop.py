@@ -21,7 +21,9 @@ from utils.errors import (
     QueueMismatch,
     TaskToolError,
 )
-from utils.logformat import EventLog, shorten
+from utils.eventlog import schema as ev
+from utils.eventlog.format import shorten
+from utils.eventlog.log import EventLog
 from utils.settings import Settings, url_host
 from utils.task import DecodeError, Task, broker_count, delivery_ids
 from worker.consumer import Consumer, consume
@@ -115,7 +117,7 @@ class Worker:
                 attempt += 1
                 wait = backoff.next()
                 self.log.event(
-                    "reconnect_failed",
+                    ev.RECONNECT_FAILED,
                     worker=self.opts.name,
                     attempt=attempt,
                     reason=exc.message,
@@ -127,7 +129,7 @@ class Worker:
                 continue
             if not first:
                 self.log.event(
-                    "reconnected",
+                    ev.RECONNECTED,
                     worker=self.opts.name,
                     node=self._node,
                     attempts=attempt + 1,
@@ -179,7 +181,7 @@ class Worker:
         self.queue_type = info.queue_type
         if first:
             self.log.event(
-                "worker_ready",
+                ev.WORKER_READY,
                 worker=self.opts.name,
                 queue=self.settings.queue,
                 queue_type=info.queue_type,
@@ -193,7 +195,7 @@ class Worker:
             for text in rabbitmq.queue_warnings(
                 self.settings, info, url, version, self.settings.management_url
             ):
-                self.log.event("queue_warning", worker=self.opts.name, queue=info.name, note=text)
+                self.log.event(ev.QUEUE_WARNING, worker=self.opts.name, queue=info.name, note=text)
         return consumer
 
     def _lost_mid_task(self, lost: ConnectionLost, task: Task) -> None:
@@ -215,14 +217,14 @@ class Worker:
         else:
             note = "reconnecting"
         ids = task.ids() if task else {}
-        self.log.event("connection_lost", worker=self.opts.name, **ids, reason=reason, note=note)
+        self.log.event(ev.CONNECTION_LOST, worker=self.opts.name, **ids, reason=reason, note=note)
 
     def _log_dropped(self, consumer: Consumer, reason: str) -> None:
         """Name each delivery that came but was not started, as the connection goes with it."""
         for _method, properties, body in consumer.deliveries:
             tid, row, run = delivery_ids(properties, body)
             self.log.event(
-                "dropped",
+                ev.DROPPED,
                 worker=self.opts.name,
                 task=tid,
                 row=row,
@@ -282,7 +284,7 @@ class Worker:
             settler.send_acks(consumer)  # the acks that wait go before any other line
             tid, row, run = delivery_ids(properties, body)
             ids: dict[str, Any] = {"task": tid, "row": row, "run": run}
-            self.log.event("failed", worker=name, **ids, reason=f"poison message: {exc}")
+            self.log.event(ev.FAILED, worker=name, **ids, reason=f"poison message: {exc}")
             decision = decide(POISON, 1, self.queue_type, max_attempts, str(exc))
             self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
             return
@@ -329,15 +331,15 @@ class Worker:
             "body": shorten(task.body),
         }
         if instant:
-            log.defer("started", started)
+            log.defer(ev.STARTED, started)
         else:
-            log.event("started", **started)
+            log.event(ev.STARTED, **started)
         if early:
             # We finished this very task, then lost its ack (the connection dropped just
             # before it): ack the copy instead of running it again.
             self.tally.done += 1
             log.event(
-                "done",
+                ev.DONE,
                 worker=name,
                 **ids,
                 seconds=0.0,
@@ -366,13 +368,13 @@ class Worker:
                 "output": detail.strip() or None,
             }
             if instant:
-                log.defer("done", done)
+                log.defer(ev.DONE, done)
             else:
-                log.event("done", **done)
+                log.event(ev.DONE, **done)
         elif outcome is FAILED:
             self.tally.failed += 1
             log.event(
-                "failed",
+                ev.FAILED,
                 worker=name,
                 **ids,
                 attempt=task.attempt,

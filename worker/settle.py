@@ -14,7 +14,9 @@ from typing import Any
 
 from utils import rabbitmq
 from utils.errors import ConnectionLost
-from utils.logformat import EventLog, shorten
+from utils.eventlog.format import shorten
+from utils.eventlog.log import EventLog
+from utils.eventlog.schema import ACK_LOST, DEAD_LETTERED, REQUEUED, RETRY
 from utils.task import BROKER_COUNTS, H_ATTEMPT, H_REASON
 from utils.text import plural
 from worker.consumer import Consumer
@@ -26,8 +28,8 @@ DONE_UNACKED_MAX = 1000
 class Outcome(Enum):
     """How handling a delivery ended; ARRIVED and REDELIVERED: where it stands before it runs."""
 
-    DONE = "done"
-    FAILED = "failed"
+    DONE = "task done"
+    FAILED = "task failed"
     COLD_STOP = "cold stop"  # interrupted by a second stop signal
     POISON = "poison"  # the message cannot be read as a task
     DONE_EARLIER = "done earlier"  # we finished this task before, but its ack was lost
@@ -267,7 +269,7 @@ class Settler:
                 if decision.reason == CONSUMER_TIMEOUT
                 else "gave the task back to the queue unfinished; another worker will do it"
             )
-            self.log.event("requeued", worker=self.worker, **ids, reason=decision.reason, note=note)
+            self.log.event(REQUEUED, worker=self.worker, **ids, reason=decision.reason, note=note)
             return
         if action is not ACK:
             self._before_the_ack(decision, consumer, properties, body, ids)
@@ -290,7 +292,7 @@ class Settler:
         if action is DEAD_LETTER:
             self.tally.dead_lettered += 1
             self.log.event(
-                "dead_lettered",
+                DEAD_LETTERED,
                 worker=self.worker,
                 **ids,
                 queue=self.dead_queue,
@@ -325,7 +327,7 @@ class Settler:
                 while len(self._done_unacked) > DONE_UNACKED_MAX:
                     del self._done_unacked[next(iter(self._done_unacked))]
             self.log.event(
-                "ack_lost",
+                ACK_LOST,
                 worker=self.worker,
                 **task_ids,
                 note=f"ack lost; the broker will redeliver task {tid}",
@@ -343,7 +345,7 @@ class Settler:
         action = decision.action
         if action is RETRY_REQUEUE or action is RETRY_REPUBLISH:
             self.log.event(
-                "retry",
+                RETRY,
                 worker=self.worker,
                 **ids,
                 attempt=decision.attempt,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from utils.logformat import EventLog
+from utils.eventlog.log import EventLog
+from utils.eventlog.schema import SHUTDOWN_COLD, SHUTDOWN_WARM
 from utils.task import Task
 
 #: How often the worker wakes to pump heartbeats and look at stop requests, in seconds.
@@ -43,7 +44,7 @@ class TwoStageStop:
                     if task
                     else "warm stop (1 of 2): idle, exiting"
                 )
-                self.log.event("shutdown_warm", worker=self.worker, **ids, note=note)
+                self.log.event(SHUTDOWN_WARM, worker=self.worker, **ids, note=note)
             else:
                 self.cancel.set()
                 note = (
@@ -51,7 +52,7 @@ class TwoStageStop:
                     if task
                     else "cold stop (2 of 2): exiting"
                 )
-                self.log.event("shutdown_cold", worker=self.worker, **ids, note=note)
+                self.log.event(SHUTDOWN_COLD, worker=self.worker, **ids, note=note)
 
     def describe(self, when: str) -> str:
         """How the worker stopped, for its summary line: e.g. "warm stop while reconnecting"."""

@@ -1,4 +1,4 @@
-"""How events look on a person's terminal; the log file keeps every field (utils/logformat.py).
+"""How events look on a person's terminal; the log file keeps every field (utils/eventlog/format.py).
 
     17:01:40 worker_ready  worker w1
                            queue task_queue (quorum) at localhost:5672
@@ -24,6 +24,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, TextIO
 
+from utils.eventlog import schema as ev
 from utils.text import terminal_width
 
 #: The event name's column; longer names push the rest of their line right.
@@ -37,18 +38,18 @@ _BODIES_MAX = 1000
 
 #: SGR colour of each event's name on a colour terminal.
 COLOURS = {
-    "worker_ready": "1",  # bold
-    "done": "32",  # green
-    "reconnected": "32",
-    "failed": "31",  # red
-    "dead_lettered": "1;31",
-    "connection_lost": "31",
-    "reconnect_failed": "31",
-    "ack_lost": "31",
-    "retry": "33",  # yellow
-    "requeued": "33",
-    "shutdown_warm": "33",
-    "shutdown_cold": "33",
+    ev.WORKER_READY: "1",  # bold
+    ev.DONE: "32",  # green
+    ev.RECONNECTED: "32",
+    ev.FAILED: "31",  # red
+    ev.DEAD_LETTERED: "1;31",
+    ev.CONNECTION_LOST: "31",
+    ev.RECONNECT_FAILED: "31",
+    ev.ACK_LOST: "31",
+    ev.RETRY: "33",  # yellow
+    ev.REQUEUED: "33",
+    ev.SHUTDOWN_WARM: "33",
+    ev.SHUTDOWN_COLD: "33",
 }
 #: Fields the terminal never shows: who and which run is in the file name and the log.
 _HIDDEN = frozenset(("worker", "run", "task", "row", "dots", "note"))
@@ -183,9 +184,9 @@ class Terminal:
 
     def line(self, ts: str, event: str, fields: dict[str, Any]) -> str:
         """The terminal text of one event: "" for none, several lines when a note wraps."""
-        if event == "worker_stopped":
+        if event == ev.WORKER_STOPPED:
             return ""  # the summary line that follows says the same, in words
-        if event == "started" or (event == "done" and not fields.get("note")):
+        if event == ev.STARTED or (event == ev.DONE and not fields.get("note")):
             pieces = [self._task_text(event, fields)]
             cut = True
         else:
@@ -212,7 +213,7 @@ class Terminal:
         attempt = f.get("attempt")
         if isinstance(attempt, int) and attempt > 1:
             extra.append(f"attempt {attempt}")
-        if event == "started":
+        if event == ev.STARTED:
             if f.get("redelivered"):
                 extra.append("redelivered")
             body = printable(str(f.get("body", "")))
@@ -241,7 +242,7 @@ class Terminal:
 
         note = get("note")
         pieces: list[str] = []
-        if event == "worker_ready":
+        if event == ev.WORKER_READY:
             pieces.append(f"worker {get('worker')}")
             where = f"queue {get('queue')} ({get('queue_type')}) at {get('node')}"
             prefetch = get("prefetch")
@@ -253,34 +254,34 @@ class Terminal:
             if note:
                 pieces.append(str(note))
             note = "waiting for tasks; Ctrl+C to stop"
-        elif event == "failed":
+        elif event == ev.FAILED:
             attempt, of, reason = get("attempt"), get("of"), get("reason")
             get("seconds")
             tried = f"attempt {attempt} of {of}: " if attempt is not None and of else ""
             pieces.append(f"{tried}{reason}")
-        elif event == "done":  # with a note: it says why the task did not run again
+        elif event == ev.DONE:  # with a note: it says why the task did not run again
             attempt = get("attempt")
             again = f" (attempt {attempt})" if isinstance(attempt, int) and attempt > 1 else ""
             pieces.append(_seconds(get("seconds")) + again)
             self._bodies.pop(str(f.get("task")), None)
-        elif event == "requeued" and note:
+        elif event == ev.REQUEUED and note:
             pieces.append(f"{get('reason')}: {note}")
             note = None
-        elif event == "retry":
+        elif event == ev.RETRY:
             pieces.append(f"runs again as attempt {get('attempt')} of {get('of')}")
             self._bodies.pop(str(f.get("task")), None)
-        elif event == "reconnect_failed":
+        elif event == ev.RECONNECT_FAILED:
             pieces.append(f"attempt {get('attempt')}: {get('reason')}")
             pieces.append(f"trying again in {get('retry_in')}")
-        elif event == "reconnected":
+        elif event == ev.RECONNECTED:
             get("attempts")
             pieces.append(f"to {get('node')}")
-        elif event in ("connection_lost", "dead_lettered"):
+        elif event in (ev.CONNECTION_LOST, ev.DEAD_LETTERED):
             get("queue")
             reason = get("reason")
             if reason is not None:
                 pieces.append(str(reason))
-        if event in ("dead_lettered", "requeued", "ack_lost"):
+        if event in (ev.DEAD_LETTERED, ev.REQUEUED, ev.ACK_LOST):
             self._bodies.pop(str(f.get("task")), None)
         if note:
             pieces.append(str(note))

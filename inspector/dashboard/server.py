@@ -23,8 +23,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from inspector.dashboard.api import iso
 from inspector.dashboard.sources import EventSource
-from inspector.dashboard.state import DashboardState, iso
+from inspector.dashboard.state import DashboardState
 from inspector.status import Status, gather
 from utils.errors import BadInput, TaskToolError
 from utils.settings import Settings

@@ -1,7 +1,7 @@
 """Where the dashboard's events come from: one small interface, and the log folder behind it.
 
 An EventSource hands over the events that arrived since its last poll, as the dicts
-utils.logformat.parse_line makes of log lines. LogTail reads logs/ on this machine: the whole
+utils/eventlog/format.py's parse_line makes of log lines. LogTail reads logs/ on this machine: the whole
 history first, then each line as it is appended. The broker's event stream (`<queue>.events`)
 plugs in as another EventSource; docs/DASHBOARD.md says how.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inspector.runs import log_files
-from utils.logformat import parse_line
+from utils.eventlog.format import parse_line
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def publish_copy(
         channel.close()
 
 
-# -- streams: the event log on the broker (utils/events.py writes it, inspector/stream.py reads) --
+# -- streams: the event log on the broker (utils/eventlog/stream.py writes it, inspector/stream.py reads) --
 def stream_arguments(max_age: str, max_bytes: int, segment_bytes: int) -> dict[str, Any]:
     """The arguments we declare a new stream with: bounded by age and by size."""
     return {

@@ -3,7 +3,7 @@
 The stream is a RabbitMQ stream queue (`x-queue-type: stream`): a durable, replayable log
 with bounded retention, so `tasks report --source broker` can tell who did what from any
 machine, after the fact. Local log files are written exactly as before; the stream gets
-the very same lines (utils/logformat.py), so a reader parses them with parse_line.
+the very same lines (format.py), so a reader parses them with parse_line.
 
 Never at the task's expense:
 - the worker only appends each written chunk of lines to an in-memory buffer (EventLog's
@@ -41,7 +41,8 @@ from utils.errors import (
     QueueMismatch,
     TaskToolError,
 )
-from utils.logformat import EventLog
+from utils.eventlog.log import EventLog
+from utils.eventlog.schema import EVENTS_DROPPED, EVENTS_OFF, EVENTS_UNSENT
 from utils.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -202,14 +203,14 @@ class EventStream:
         unsent = self._unsent_lines()
         if self.off_reason:
             event_log.event(
-                "events_off",
+                EVENTS_OFF,
                 stream=self.name,
                 reason=self.off_reason,
                 note="events were not sent to the broker; this log has them all",
             )
         elif unsent and self._connected:  # (never connected: the command failed to, too)
             event_log.event(
-                "events_unsent",
+                EVENTS_UNSENT,
                 stream=self.name,
                 lines=unsent,
                 note=f"{unsent} event(s) could not be sent to the broker before exit; "
@@ -220,7 +221,7 @@ class EventStream:
         n = self._dropped - self._dropped_told
         self._dropped_told = self._dropped
         event_log.event(
-            "events_dropped",
+            EVENTS_DROPPED,
             stream=self.name,
             dropped=n,
             note=f"the event buffer was full: {n} event(s) went to this log only, "
