@@ -29,8 +29,16 @@ RMQ4_TEST_CLUSTER_PORT ?= 6811
 RMQ43_TEST_BROKER_PORT ?= 7673
 RMQ43_TEST_NODE_PORT ?= 7690
 RMQ43_TEST_CLUSTER_PORT ?= 7811
-# What make test-rabbitmq4 runs on 4.0: the whole suite (empty); name test files to run fewer.
-RMQ4_TESTS ?=
+# What make test-rabbitmq4 runs on 4.0: the tests of what the broker decides (acks,
+# redelivery, its counts, queue arguments, consumer timeouts, streams). 3.10 and 4.3 run every
+# test; left out here are the tests that do not depend on the broker's version (report,
+# dashboard, terminal, inputs) and three slow files whose broker behaviour 4.0 shares with
+# both neighbours (the cluster, emit under faults, the scripts/broker plumbing). The suite now
+# runs in parallel, so the whole of it may fit CI's time on 4.0 too, but it has not yet been
+# run whole on 4.0: RMQ4_TESTS= (empty) runs it all.
+RMQ4_TESTS ?= tests/test_broker.py tests/test_redeliveries.py tests/test_reliability.py \
+	tests/test_work.py tests/test_work_faults.py tests/test_work_exec.py tests/test_status.py \
+	tests/test_events.py tests/test_errors.py
 
 .PHONY: help setup demo test test-rabbitmq4 test-rabbitmq43 bench lint format broker-up broker-down broker-status \
 	browser dashboard-png clean
