@@ -27,9 +27,74 @@ BIN = Path(sys.executable).parent
 #: Upper bound for waiting on an event; tests wait for the event, not for this long.
 WAIT = 60.0
 
+#: Which pytest-xdist worker this process is (gw0, gw1...; 0 without xdist) and how many
+#: there are. Each worker starts its own nodes on ports of its own, so that two tests that
+#: stop, kill or wipe "their" node never meet on one.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0")
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+#: The session's shared broker: one for every worker, started once (tests/conftest.py).
+BROKER_PORT = int(os.environ.get("TEST_BROKER_PORT", "5673"))
+#: A worker's own nodes take ports NODE_PORT + 0 .. NODE_PORT + NODE_PORTS - 1 (make_node's
+#: port_offset, and a TLS listener); worker N's start NODE_PORTS * N above worker 0's.
+NODE_PORTS = 14
+NODE_PORT = int(os.environ.get("TEST_NODE_PORT", "5690")) + WORKER * NODE_PORTS
+#: A worker's 3-node test cluster (tests/test_cluster.py), likewise.
+CLUSTER_PORTS = 3
+CLUSTER_PORT = int(os.environ.get("TEST_CLUSTER_PORT", "5811")) + WORKER * CLUSTER_PORTS
+
+
+def node_port(offset: int) -> int:
+    """The port of this worker's own node number `offset` (0 .. NODE_PORTS - 1)."""
+    assert 0 <= offset < NODE_PORTS, f"port_offset {offset} is past this worker's {NODE_PORTS}"
+    return NODE_PORT + offset
+
+
+def port_clash(workers: int) -> str:
+    """Why the test ports of `workers` xdist workers would overlap, or '' when they do not:
+    the shared broker, every worker's own nodes and every worker's cluster apart."""
+    base_node = NODE_PORT - WORKER * NODE_PORTS
+    base_cluster = CLUSTER_PORT - WORKER * CLUSTER_PORTS
+    ranges = {
+        "TEST_BROKER_PORT": range(BROKER_PORT, BROKER_PORT + 1),
+        "TEST_NODE_PORT": range(base_node, base_node + NODE_PORTS * workers),
+        "TEST_CLUSTER_PORT": range(base_cluster, base_cluster + CLUSTER_PORTS * workers),
+    }
+    names = list(ranges)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if set(ranges[a]) & set(ranges[b]):
+                return (
+                    f"with {workers} workers, {a} takes ports {ranges[a].start}-"
+                    f"{ranges[a].stop - 1} and {b} {ranges[b].start}-{ranges[b].stop - 1}: "
+                    f"they overlap. Set them further apart (each worker's nodes take "
+                    f"{NODE_PORTS} ports from TEST_NODE_PORT, its cluster {CLUSTER_PORTS} from "
+                    "TEST_CLUSTER_PORT), or run fewer workers (-n)."
+                )
+    top = max(r.stop - 1 for r in ranges.values())
+    if top > 45535:
+        return f"the test ports reach {top}; scripts/broker takes ports up to 45535 (+20000)."
+    return ""
+
+
+def dashboard_port() -> int:
+    """The dashboard's port in the tests: 0 (any free one), or with TEST_DASHBOARD_PORT set,
+    that port plus this worker's number, so that workers never share one."""
+    pinned = int(os.environ.get("TEST_DASHBOARD_PORT", "0"))
+    return pinned + WORKER if pinned else 0
+
+
+#: False while a test not marked `broker` runs (tests/conftest.py): such a test must start
+#: no node, or `pytest -m "not broker"` would need one.
+BROKER_ALLOWED = True
+
 
 def broker_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run scripts/broker with extra environment (BROKER_PORT=..., CLUSTER_PORT=...)."""
+    if not BROKER_ALLOWED:
+        raise AssertionError(
+            "scripts/broker called by a test not marked broker: give it a broker fixture "
+            "(BROKER_FIXTURES in tests/conftest.py), which marks it"
+        )
     return subprocess.run(
         [str(ROOT / "scripts" / "broker"), *args],
         env={**os.environ, **env},

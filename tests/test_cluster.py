@@ -14,6 +14,7 @@ import pytest
 from inspector.analysis import summarise_run
 from inspector.runs import latest_run, read_logs
 from tests.helpers import (
+    CLUSTER_PORT,
     ROOT,
     Proc,
     StdinEmit,
@@ -26,7 +27,6 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.slow
 
-CLUSTER_PORT = int(os.environ.get("TEST_CLUSTER_PORT", "5811"))
 PORTS = [CLUSTER_PORT + i for i in range(3)]
 URLS = ",".join(f"amqp://guest:guest@localhost:{p}/%2F" for p in PORTS)
 

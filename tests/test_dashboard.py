@@ -22,12 +22,13 @@ from inspector.dashboard import state as state_mod
 from inspector.dashboard.server import Dashboard, is_loopback, make_server
 from inspector.dashboard.sources import LogTail
 from inspector.dashboard.state import DashboardState, TaskSet
-from tests.helpers import BIN, ROOT, no_traceback, run, wait_for
+from tests.helpers import BIN, ROOT, dashboard_port, no_traceback, run, wait_for
 from utils.eventlog.format import format_event
 
 RUN = "20261127T100000-ab12"
-#: The dashboard's port in these tests (0: any free one); TEST_DASHBOARD_PORT pins a range.
-PORT = int(os.environ.get("TEST_DASHBOARD_PORT", "0"))
+#: The dashboard's port in these tests (0: any free one); TEST_DASHBOARD_PORT pins a range
+#: (that port plus the xdist worker's number).
+PORT = dashboard_port()
 
 
 def line(ts: str, event: str, **fields: object) -> str:

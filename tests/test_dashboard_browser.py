@@ -6,7 +6,6 @@ Chromium missing is a failure that says how to install it, never a skip.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -16,10 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.browser import chromium, missing, wait_until
-from tests.helpers import events, no_traceback, run, spawn, wait_for
+from tests.helpers import dashboard_port, events, no_traceback, run, spawn, wait_for
 from tests.test_dashboard import Served, get
 
-PORT = int(os.environ.get("TEST_DASHBOARD_PORT", "0"))
+PORT = dashboard_port()
 HOSTILE = "<img src=x onerror=alert(1)>"
 ROWS = 24
 HOSTILE_ROW = 7

@@ -76,8 +76,8 @@ def test_malformed_csv_publishes_no_rows(env, broker_url, queue, tmp_path: Path)
     assert queue_counts(broker_url, queue)[0] == 1
 
 
-def test_missing_csv_says_so_and_exits_2(env):
-    r = run("emit", "nope.csv", env=env)
+def test_missing_csv_says_so_and_exits_2(offline_env):
+    r = run("emit", "nope.csv", env=offline_env)
     assert r.returncode == 2
     assert "nope.csv: no such file" in r.stderr
     assert "hint:" in r.stderr and no_traceback(r.stderr)

@@ -8,6 +8,7 @@ RESULTS_FILE (bench/results/reliability.json, not tracked by git).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -62,9 +63,15 @@ RESULTS_FILE = Path(
 def _write_results() -> Iterator[None]:
     yield
     if RESULTS:
-        old = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
         RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS_FILE.write_text(json.dumps({**old, **RESULTS}, indent=2, sort_keys=True) + "\n")
+        # Under xdist each worker adds the scenarios it ran: one at a time, whole files only.
+        with open(RESULTS_FILE.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            old = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.exists() else {}
+            text = json.dumps({**old, **RESULTS}, indent=2, sort_keys=True) + "\n"
+            fresh = RESULTS_FILE.with_suffix(f".{os.getpid()}.tmp")
+            fresh.write_text(text)
+            fresh.replace(RESULTS_FILE)
 
 
 @dataclass

@@ -262,8 +262,8 @@ def test_unreadable_folders_and_bad_options_give_a_clear_error_not_a_traceback(t
 # Bad report arguments, and the schedules fair dispatch is compared with.
 
 
-def test_tasks_report_on_an_empty_folder_says_what_to_do(env, tmp_path):
-    r = run("tasks", "report", str(tmp_path), env=env)
+def test_tasks_report_on_an_empty_folder_says_what_to_do(offline_env, tmp_path):
+    r = run("tasks", "report", str(tmp_path), env=offline_env)
     assert r.returncode == 1
     assert "no log lines" in r.stderr and "emit" in r.stderr and no_traceback(r.stderr)
 

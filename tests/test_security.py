@@ -82,9 +82,9 @@ def test_amqps_works_with_our_ca_and_fails_clearly_with_another(make_node, tmp_p
     ca = make_ca(tmp_path, "test-ca")
     other_ca = make_ca(tmp_path, "other-ca")
     crt, key = make_server_cert(tmp_path, ca)
-    from tests.conftest import _NODE_PORT
+    from tests.helpers import NODE_PORTS, node_port
 
-    tls_port = _NODE_PORT + 300  # clear of the ports other nodes use
+    tls_port = node_port(NODE_PORTS - 1)  # this worker's last: clear of its other nodes
     node = make_node(
         extra_conf="\n".join(
             [

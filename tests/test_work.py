@@ -411,8 +411,8 @@ WORK_CASES = [
 @pytest.mark.parametrize(
     ("args", "phrase"), [c[1:] for c in WORK_CASES], ids=[c[0] for c in WORK_CASES]
 )
-def test_work_refuses_bad_options(env, args, phrase):
-    r = run("work", *args, env=env)
+def test_work_refuses_bad_options(offline_env, args, phrase):
+    r = run("work", *args, env=offline_env)
     assert r.returncode == 2, r.stdout + r.stderr
     assert phrase in r.stderr and no_traceback(r.stderr)
 

@@ -104,7 +104,8 @@ def test_a_task_failing_twice_is_acked_on_attempt_3_and_one_always_failing_is_de
     w = spawn(
         "work",
         *("--name", "r", "--exec", script, "--shell", "--max-attempts", "3"),
-        *("--exit-when-idle", "2"),
+        # Idle from the moment it is ready: time enough for emit to start on a loaded machine.
+        *("--exit-when-idle", "10"),
         env=env,
         out=tmp_path / "r.out",
     )

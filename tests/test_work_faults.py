@@ -23,7 +23,10 @@ def test_broker_restart_mid_run_three_workers_reconnect_and_every_task_is_done(
     workers = [
         spawn(
             "work",
-            *("--name", f"w{i}", "--seconds-per-dot", "0.2", "--exit-when-idle", "3"),
+            # Tasks long enough (15 s for the three) that the node is surely stopped mid-run,
+            # however long rabbitmqctl takes to start on a loaded machine; idle from the
+            # moment it is ready, so time enough for emit to start too.
+            *("--name", f"w{i}", "--seconds-per-dot", "0.5", "--exit-when-idle", "10"),
             env=env,
             out=tmp_path / f"w{i}.out",
         )
