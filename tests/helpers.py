@@ -260,9 +260,14 @@ def events(path: Path) -> list[dict[str, str]]:
 
 
 def wait_for(
-    what: str, check: Callable[[], object], timeout: float = WAIT, alive: Proc | None = None
+    what: str,
+    check: Callable[[], object],
+    timeout: float = WAIT,
+    alive: Proc | None = None,
+    detail: Callable[[], str] | None = None,
 ) -> object:
-    """Poll check() until it returns something truthy; fail with `what` if it never does."""
+    """Poll check() until it returns something truthy; fail with `what` if it never does
+    (and with `detail()`, what a reader needs to see why, if given)."""
     end = time.monotonic() + timeout
     pause = 0.02  # grows to 0.5 s, so that a costly check is not run back to back
     while time.monotonic() < end:
@@ -273,7 +278,8 @@ def wait_for(
             raise AssertionError(f"process exited before {what}:\n{alive.output()}")
         time.sleep(pause)
         pause = min(0.5, pause * 1.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    said = f":\n{detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out waiting for {what}{said}")
 
 
 def wait_for_event(
