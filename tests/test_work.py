@@ -286,6 +286,8 @@ def batch_worker(broker_url: str, queue: str, logs: Path, **opts) -> tuple[Worke
 def test_at_prefetch_10_instant_tasks_share_an_ack_and_no_line_says_done_before_it(
     broker_url, queue, logs, monkeypatch, fast_ack
 ):
+    # The rule deferred_after_ack (worker/settle.py): AckSpy's `early` lists every task
+    # whose done line was written before the ack that covers it.
     # The first ten: four instant tasks, a poison message, two instant, one with a dot (run
     # in the helper thread), two instant; then 30 instant tasks as they come.
     bodies = [b"a", b"b", b"c", b"d", b"bad \xff", b"f", b"g", b"h.", b"i", b"j"]
@@ -309,6 +311,34 @@ def test_at_prefetch_10_instant_tasks_share_an_ack_and_no_line_says_done_before_
     assert [e["task"] for e in evs if e["event"] == "dead_lettered"] == [ids[4]]
     assert queue_counts(broker_url, queue) == (0, 0)
     assert [b for _m, _p, b in drain(broker_url, f"{queue}.dead")] == [b"bad \xff"]
+
+
+@pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])
+def test_no_line_is_written_while_an_ack_waits(broker_url, queue, logs, monkeypatch, fast_ack):
+    # The rule acks_before_lines (worker/settle.py): the batch of the test above, with every
+    # kind of line after instant tasks whose ack waits (a poison message, a dotted task).
+    bodies = [b"a", b"b", b"c", b"d", b"bad \xff", b"f", b"g", b"h.", b"i", b"j"]
+    bodies += [f"t{i}".encode() for i in range(10)]
+    ids = publish_bodies(broker_url, queue, bodies)
+    AckSpy(monkeypatch, logs / "worker-b.log", first_batch=10)
+    worker, log = batch_worker(broker_url, queue, logs, max_tasks=len(bodies), fast_ack=fast_ack)
+    written: list[tuple[str, bool]] = []  # (line, an ack waited when it was written)
+    real_write = log._write
+
+    def write(text: str) -> None:
+        written.extend((line, worker._settler.acks_waiting) for line in text.split("\n"))
+        real_write(text)
+
+    monkeypatch.setattr(log, "_write", write)
+    try:
+        tally = worker.run()
+    finally:
+        log.close()
+    assert (tally.done, tally.dead_lettered) == (19, 1)
+    assert [line for line, waited in written if waited] == []
+    evs = [parse_line(line) for line, _waited in written]
+    done = [e["task"] for e in evs if e["event"] == "done"]
+    assert sorted(done) == sorted(ids[:4] + ids[5:])
 
 
 @pytest.mark.parametrize("fast_ack", [True, False], ids=["fast-ack", "basic-ack"])

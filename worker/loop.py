@@ -39,7 +39,9 @@ from worker.settle import (
     RUN,
     Settler,
     WorkerTally,
+    acks_before_lines,
     decide,
+    deferred_after_ack,
 )
 from worker.stop import TICK, TwoStageStop
 
@@ -247,7 +249,7 @@ class Worker:
         stop = self._stop
         while True:
             if stop.stage:
-                self._settler.send_acks(consumer)  # a warm stop mid-batch: acks first
+                acks_before_lines(self._settler, consumer)  # a warm stop mid-batch
                 stop.announce(None)
             if self._should_exit():
                 break
@@ -263,7 +265,7 @@ class Worker:
                     return
                 limit = left if left < TICK else None
             consumer.pump(limit)
-        self._settler.send_acks(consumer)  # none wait by now; were one to, it goes before close
+        acks_before_lines(self._settler, consumer)  # none wait by now; were one to: before close
         if self._stop.stage == 2:
             self.tally.stop = "cold stop"
         elif self._stop.stage == 1:
@@ -272,121 +274,181 @@ class Worker:
             self.tally.stop = f"max tasks ({self.opts.max_tasks}) reached"
 
     # -- one delivery -------------------------------------------------------------------------
+    # Two ordering rules hold on this path (settle.py names them): ACKS_BEFORE_LINES (the
+    # acks that wait go out before any line is written) and DEFERRED_AFTER_ACK (an instant
+    # task's deferred lines are written only once its ack is on the wire).
     def _handle(self, consumer: Consumer, delivery: rabbitmq.Delivery) -> None:
-        """Decode, run and settle one delivery, logging its outcome."""
-        method, properties, body = delivery
-        name = self.opts.name
-        max_attempts = self.opts.max_attempts
-        settler = self._settler
+        """One delivery, step by step: decode, count the attempt, log it started, run it,
+        log the outcome, settle it."""
+        task = self._decode(consumer, delivery)
+        if task is None:
+            return
+        redelivered = bool(delivery[0].redelivered)
+        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
+        early = redelivered and self._redelivered_done_earlier(task)
+        if not early and not self._has_attempts_left(consumer, delivery, task, redelivered, ids):
+            return
+        instant = self._instant is not None and self._instant(task)
+        self._log_started(consumer, task, redelivered, instant)
+        if early:
+            self._ack_done_earlier(consumer, delivery, task, ids)
+            return
+        outcome, detail, seconds = self._run(consumer, task, instant)
+        self._log_outcome(task, outcome, detail, seconds, instant, ids)
+        self._settle_outcome(consumer, delivery, task, outcome, detail, instant, ids)
+
+    def _decode(self, consumer: Consumer, delivery: rabbitmq.Delivery) -> Task | None:
+        """The delivery's task; a poison message is logged failed and settled (None)."""
+        _method, properties, body = delivery
         try:
-            task = Task.decode(properties, body)
+            return Task.decode(properties, body)
         except DecodeError as exc:
-            settler.send_acks(consumer)  # the acks that wait go before any other line
+            acks_before_lines(self._settler, consumer)
             tid, row, run = delivery_ids(properties, body)
             ids: dict[str, Any] = {"task": tid, "row": row, "run": run}
-            self.log.event(ev.FAILED, worker=name, **ids, reason=f"poison message: {exc}")
-            decision = decide(POISON, 1, self.queue_type, max_attempts, str(exc))
+            self.log.event(ev.FAILED, worker=self.opts.name, **ids, reason=f"poison message: {exc}")
+            decision = decide(POISON, 1, self.queue_type, self.opts.max_attempts, str(exc))
             self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
-            return
-        redelivered = bool(method.redelivered)
-        ids = {"task": task.task_id, "row": task.row, "run": task.run_id}  # task.ids(), inline
-        early = False
-        if redelivered:
-            self.tally.redelivered += 1
-            early = self._settler.finished_earlier(task.task_id)
-        if not early and (redelivered or task.attempt > max_attempts):
-            # Has it attempts left, whatever ended the earlier ones? (A first delivery within
-            # --max-attempts has: the common case skips the call.)
-            # A delivery that carries the broker's count is from a queue that counts (a
-            # quorum queue, even one whose type the declaration could not tell).
-            counted = broker_count(properties.headers or {}) > 0
-            before = decide(
-                REDELIVERED if redelivered else ARRIVED,
-                task.attempt,
-                "quorum" if counted else self.queue_type,
-                max_attempts,
-                self._settler.ending_of(task.task_id) if redelivered else "",
-            )
-            if before.action is not RUN:
-                settler.send_acks(consumer)  # the acks that wait go before any other line
-                self._settler.settle(before, consumer, delivery, ids, self._should_exit(True))
-                return
-        log = self.log
-        tid, row, run, dots, attempt = task.task_id, task.row, task.run_id, task.dots, task.attempt
-        # A task that takes no time has its two lines written once its ack is sent (see
-        # EventLog.defer); any other line, ack_lost included, writes them first, in order.
-        instant = self._instant is not None and self._instant(task)
+            return None
+
+    def _redelivered_done_earlier(self, task: Task) -> bool:
+        """Count a redelivery; True when this worker finished the task but lost its ack."""
+        self.tally.redelivered += 1
+        return self._settler.finished_earlier(task.task_id)
+
+    def _has_attempts_left(
+        self,
+        consumer: Consumer,
+        delivery: rabbitmq.Delivery,
+        task: Task,
+        redelivered: bool,
+        ids: dict[str, Any],
+    ) -> bool:
+        """Count the attempt: one past --max-attempts is settled (dead-lettered or retried
+        as a copy) without running, and False returned."""
+        if not redelivered and task.attempt <= self.opts.max_attempts:
+            return True  # a first delivery within --max-attempts: the common case
+        # A delivery that carries the broker's count is from a queue that counts (a quorum
+        # queue, even one whose type the declaration could not tell).
+        counted = broker_count(delivery[1].headers or {}) > 0
+        before = decide(
+            REDELIVERED if redelivered else ARRIVED,
+            task.attempt,
+            "quorum" if counted else self.queue_type,
+            self.opts.max_attempts,
+            self._settler.ending_of(task.task_id) if redelivered else "",
+        )
+        if before.action is RUN:
+            return True
+        acks_before_lines(self._settler, consumer)
+        self._settler.settle(before, consumer, delivery, ids, self._should_exit(True))
+        return False
+
+    def _log_started(
+        self, consumer: Consumer, task: Task, redelivered: bool, instant: bool
+    ) -> None:
+        """The started line: deferred for an instant task (DEFERRED_AFTER_ACK), else written
+        now, after the acks that wait (ACKS_BEFORE_LINES)."""
         if not instant or redelivered:
-            settler.send_acks(consumer)  # this task logs now: the acks that wait go first
+            acks_before_lines(self._settler, consumer)
         # Each line's fields as one dict display: keyword arguments merged with **ids
         # built two dicts a line, a tenth of an instant task's cost.
         started = {
-            "worker": name,
-            "task": tid,
-            "row": row,
-            "run": run,
-            "dots": dots,
-            "attempt": attempt,
+            "worker": self.opts.name,
+            "task": task.task_id,
+            "row": task.row,
+            "run": task.run_id,
+            "dots": task.dots,
+            "attempt": task.attempt,
             "redelivered": redelivered,
             "body": shorten(task.body),
         }
         if instant:
-            log.defer(ev.STARTED, started)
+            self.log.defer(ev.STARTED, started)
         else:
-            log.event(ev.STARTED, **started)
-        if early:
-            # We finished this very task, then lost its ack (the connection dropped just
-            # before it): ack the copy instead of running it again.
-            self.tally.done += 1
-            log.event(
-                ev.DONE,
-                worker=name,
-                **ids,
-                seconds=0.0,
-                attempt=task.attempt,
-                note="finished earlier, but its ack was lost; "
-                "acked this copy without running it again",
-            )
-            decision = decide(DONE_EARLIER, task.attempt, self.queue_type, max_attempts)
-            self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
-            return
+            self.log.event(ev.STARTED, **started)
+
+    def _ack_done_earlier(
+        self, consumer: Consumer, delivery: rabbitmq.Delivery, task: Task, ids: dict[str, Any]
+    ) -> None:
+        """A task finished here whose ack was lost (the connection dropped just before it):
+        ack the copy instead of running it again."""
+        self.tally.done += 1
+        self.log.event(
+            ev.DONE,
+            worker=self.opts.name,
+            **ids,
+            seconds=0.0,
+            attempt=task.attempt,
+            note="finished earlier, but its ack was lost; acked this copy without running it again",
+        )
+        decision = decide(DONE_EARLIER, task.attempt, self.queue_type, self.opts.max_attempts)
+        self._settler.settle(decision, consumer, delivery, ids, self._should_exit(True))
+
+    def _run(self, consumer: Consumer, task: Task, instant: bool) -> tuple[Any, str, float]:
+        """Run the task: its outcome, the handler's words and the seconds it took."""
         began = time.monotonic()
         # Nothing to do for an instant task: no thread hop, which would cost more than it.
         outcome, detail = (DONE, "") if instant else self._runner.run(task, consumer)
         seconds = time.monotonic() - began
         self.tally.busy += seconds
+        return outcome, detail, seconds
+
+    def _log_outcome(
+        self,
+        task: Task,
+        outcome: Any,
+        detail: str,
+        seconds: float,
+        instant: bool,
+        ids: dict[str, Any],
+    ) -> None:
+        """The done or failed line (an instant task's done is deferred: DEFERRED_AFTER_ACK)."""
         if outcome is DONE:
             self.tally.done += 1
             done = {
-                "worker": name,
-                "task": tid,
-                "row": row,
-                "run": run,
-                "dots": dots,
+                "worker": self.opts.name,
+                "task": task.task_id,
+                "row": task.row,
+                "run": task.run_id,
+                "dots": task.dots,
                 "seconds": seconds,
-                "attempt": attempt,
+                "attempt": task.attempt,
                 "output": detail.strip() or None,
             }
             if instant:
-                log.defer(ev.DONE, done)
+                self.log.defer(ev.DONE, done)
             else:
-                log.event(ev.DONE, **done)
+                self.log.event(ev.DONE, **done)
         elif outcome is FAILED:
             self.tally.failed += 1
-            log.event(
+            self.log.event(
                 ev.FAILED,
-                worker=name,
+                worker=self.opts.name,
                 **ids,
                 attempt=task.attempt,
-                of=max_attempts,
+                of=self.opts.max_attempts,
                 seconds=seconds,
                 reason=shorten(detail, 300),
             )
-        decision = decide(outcome, task.attempt, self.queue_type, max_attempts, detail)
+
+    def _settle_outcome(
+        self,
+        consumer: Consumer,
+        delivery: rabbitmq.Delivery,
+        task: Task,
+        outcome: Any,
+        detail: str,
+        instant: bool,
+        ids: dict[str, Any],
+    ) -> None:
+        """Choose the settle call from the outcome and carry it out; then write the deferred
+        lines, once no ack waits (DEFERRED_AFTER_ACK)."""
+        settler = self._settler
+        decision = decide(outcome, task.attempt, self.queue_type, self.opts.max_attempts, detail)
         # After this one, is it the last? Then the consumer is cancelled before the ack.
         # An instant task with another delivery behind it leaves its ack (and its lines)
         # to the next: with prefetch > 1, one ack and one write per batch, as pika read it.
         later = instant and bool(consumer.deliveries)
         settler.settle(decision, consumer, delivery, ids, self._should_exit(True), later)
-        if not settler.acks_waiting:
-            log.flush()
+        deferred_after_ack(settler, self.log)

@@ -311,7 +311,7 @@ class Settler:
             self._acks_lost(False, None)
             raise
         self._unsent.clear()
-        self.log.flush()
+        deferred_after_ack(self, self.log)
 
     def _acks_lost(self, done: bool, ids: dict[str, Any] | None) -> None:
         """The acks that waited and (with ids) this one were lost: log each, remember them."""
@@ -367,3 +367,27 @@ class Settler:
                 consumer.connection, self.dead_queue, body, properties, headers, declare=declare
             )
             self._dead_declared_on = consumer
+
+
+def acks_before_lines(settler: Settler, consumer: Consumer) -> None:
+    """The rule "acks before lines": the acks that wait go out before any line is written.
+
+    Writing a line writes the deferred lines first (EventLog.event flushes them), and those
+    include the `done` of instant tasks whose ack waits (settle's `later`): sending the acks
+    first keeps every `done` after its ack, and the lines in the order they happened. Every
+    path that writes a line while acks may wait calls this first (tests/test_work.py
+    checks, at every write, that no ack waits).
+    """
+    settler.send_acks(consumer)
+
+
+def deferred_after_ack(settler: Settler, log: EventLog) -> None:
+    """The rule "deferred lines after the ack": an instant task's deferred lines (EventLog.defer)
+    are written only once no ack waits, that is once the ack covering them is on the wire.
+
+    So a `done` in the log never stands for a message the broker may still hand out again
+    unannounced: were the worker to die before the ack, no line says done. (A task that
+    runs logs `done` before its ack, as it always did: an ack lost there logs `ack_lost`.)
+    """
+    if not settler.acks_waiting:
+        log.flush()

@@ -52,7 +52,9 @@ class EventLog:
         """Stamp an event now but write it at the next flush() or event(), in order.
 
         A worker defers the lines of a task that takes no time until its ack is on the
-        wire, so the write overlaps the broker's round trip instead of adding to it.
+        wire, so the write overlaps the broker's round trip instead of adding to it: the
+        rule "deferred lines after the ack" (worker/settle.py, deferred_after_ack), kept by
+        "acks before lines" (acks_before_lines) since event() writes these first.
         The fields come as a dict (kept, not copied): the worker builds one per line.
         """
         self._pending.append((event, fields, now_iso()))
