@@ -20,13 +20,19 @@ from inspector.render import (
     report_json,
 )
 from inspector.runs import all_runs, latest_run, log_files, read_logs
-from inspector.stream import read_broker
+from inspector.stream import read_broker, set_aside_notes
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
 from utils.eventlog.format import parse_ts
 from utils.eventlog.records import LogSet, Run
 from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
-from utils.options import broker_options, handle_errors, make_settings, management_url_option
+from utils.options import (
+    broker_options,
+    handle_errors,
+    make_settings,
+    management_url_option,
+    trust_option,
+)
 from utils.settings import DEFAULT_QUEUE, Settings
 from utils.text import echo_prose, plural, prose_width
 
@@ -97,6 +103,7 @@ def _pick_runs(logs: LogSet, log_dir: Path | str, run_id: str | None, every: boo
     is_flag=True,
     help="Do not ask the broker where the tasks not done are; judge from the logs alone.",
 )
+@trust_option
 @management_url_option
 @broker_options
 @handle_errors
@@ -165,7 +172,7 @@ def report(
     # Beside a report from the logs: what the stream knows that logs/ does not. Beside one
     # from the stream: whose last events it cannot have.
     if source == "broker":
-        notes = _cut_short(logs, pairs, settings.queue)
+        notes = set_aside_notes(got) + _cut_short(logs, pairs, settings.queue)
     else:
         notes = _elsewhere(settings, pairs) if not logs_only else []
     position = ""
