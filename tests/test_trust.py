@@ -92,7 +92,7 @@ def test_a_forged_batch_from_another_user_is_set_aside_and_the_report_tells_the_
     # Named with --trust-user, the intruder's events count (and so would lie again).
     r = run("tasks", "report", "--source", "broker", "--json", "--trust-user", intruder, env=env)
     doc = json.loads(r.stdout)
-    assert [x["run"] for x in doc["runs"]][-1] == "29990101T000000-beef"
+    assert doc["runs"][-1]["audit"]["done_once"][:3] == [1, 2, 3]
     assert f"from user '{intruder}'" not in r.stderr
 
 
@@ -122,3 +122,23 @@ def test_our_own_events_carry_the_login_as_user_id(env, broker_url):
     finally:
         conn.close()
     assert got == ["guest"]
+
+
+def test_queue_chooses_the_runs_of_that_queue_for_report_and_wait(env, queue):
+    other = {**env, "TASK_QUEUE": f"{queue}-other"}
+    mine = _emit_three(env)
+    r = run("emit", "-m", "x.", env=other)
+    assert r.returncode == 0, r.stderr
+    try:
+        r = run("tasks", "report", "--json", "--logs-only", "--queue", queue, env=env)
+        assert json.loads(r.stdout)["runs"][-1]["run"] == mine, r.stderr
+        r = run("tasks", "report", "--queue", "nosuchqueue", env=env)
+        assert r.returncode == 1 and "no run of queue 'nosuchqueue'" in r.stderr, r.stderr
+        assert queue in r.stderr and no_traceback(r.stderr)
+        r = run("tasks", "wait", "--queue", "nosuchqueue", "--timeout", "0", env=env)
+        assert r.returncode == 1 and "no run of queue 'nosuchqueue'" in r.stderr, r.stderr
+    finally:
+        conn = pika.BlockingConnection(pika.URLParameters(env["AMQP_URL"]))
+        for q in (other["TASK_QUEUE"], f"{other['TASK_QUEUE']}.events"):
+            conn.channel().queue_delete(q)
+        conn.close()
