@@ -19,7 +19,14 @@ from inspector.render import (
     report_csv,
     report_json,
 )
-from inspector.runs import all_runs, latest_run, log_files, queues_with_runs, read_logs
+from inspector.runs import (
+    all_runs,
+    latest_run,
+    log_files,
+    of_queue,
+    queues_with_runs,
+    read_logs,
+)
 from inspector.stream import read_broker, set_aside_notes
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
@@ -67,7 +74,7 @@ def _pick_runs(
     logs: LogSet, log_dir: Path | str, run_id: str | None, every: bool, queue: str | None = None
 ) -> list[Run]:
     if every:
-        runs = [r for r in all_runs(logs) if queue is None or r.emitted.get("queue") == queue]
+        runs = [r for r in all_runs(logs) if of_queue(r, queue)]
     elif run_id:
         runs = [logs.runs[run_id]] if run_id in logs.runs else []
     else:

@@ -86,8 +86,14 @@ def run_order(run: Run) -> tuple[datetime, str]:
 
 
 def runs_of_queue(logs: LogSet, queue: str | None) -> list[Run]:
-    """The runs emitted to `queue` (every run for None)."""
-    return [r for r in logs.runs.values() if queue is None or r.emitted.get("queue") == queue]
+    """The runs emitted to `queue` (every run for None), and those whose queue these events
+    do not tell (a worker's log alone has no emit line): they cannot be ruled out."""
+    return [r for r in logs.runs.values() if of_queue(r, queue)]
+
+
+def of_queue(run: Run, queue: str | None) -> bool:
+    """Whether the run may be of `queue`: emitted to it, or to a queue not known here."""
+    return queue is None or run.emitted.get("queue", queue) == queue
 
 
 def queues_with_runs(logs: LogSet) -> list[str]:
