@@ -19,14 +19,27 @@ from inspector.render import (
     report_csv,
     report_json,
 )
-from inspector.runs import all_runs, latest_run, log_files, read_logs
-from inspector.stream import read_broker
+from inspector.runs import (
+    all_runs,
+    latest_run,
+    log_files,
+    of_queue,
+    queues_with_runs,
+    read_logs,
+)
+from inspector.stream import read_broker, set_aside_notes
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
 from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
 from utils.eventlog.format import parse_ts
 from utils.eventlog.records import LogSet, Run
 from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
-from utils.options import broker_options, handle_errors, make_settings, management_url_option
+from utils.options import (
+    broker_options,
+    handle_errors,
+    make_settings,
+    management_url_option,
+    trust_option,
+)
 from utils.settings import DEFAULT_QUEUE, Settings
 from utils.text import echo_prose, plural, prose_width
 
@@ -38,16 +51,39 @@ SKIPPED_SHOWN = 10
 MANAGEMENT_LAG = 6.0
 
 
-def _pick_runs(logs: LogSet, log_dir: Path | str, run_id: str | None, every: bool) -> list[Run]:
+def chosen_queue(queue: str) -> str | None:
+    """The queue whose runs a command is about: the one --queue or TASK_QUEUE names, or
+    None (any queue's) when neither does."""
+    ctx = click.get_current_context()
+    source = ctx.get_parameter_source("queue")
+    return None if source == click.core.ParameterSource.DEFAULT else queue
+
+
+def _no_run_of(logs: LogSet, queue: str, where: Path | str) -> NothingToDo:
+    queues = queues_with_runs(logs)
+    there = f"{where}/" if isinstance(where, Path) else where
+    return NothingToDo(
+        f"no run of queue '{queue}' in {there}",
+        "the queues with runs there: " + ", ".join(queues) + " (pick one with --queue)"
+        if queues
+        else "no run of any queue there: run 'emit' first",
+    )
+
+
+def _pick_runs(
+    logs: LogSet, log_dir: Path | str, run_id: str | None, every: bool, queue: str | None = None
+) -> list[Run]:
     if every:
-        runs = all_runs(logs)
+        runs = [r for r in all_runs(logs) if of_queue(r, queue)]
     elif run_id:
         runs = [logs.runs[run_id]] if run_id in logs.runs else []
     else:
-        latest = latest_run(logs)
+        latest = latest_run(logs, queue)
         runs = [latest] if latest else []
     if runs:
         return runs
+    if queue is not None and not run_id and logs.runs:
+        raise _no_run_of(logs, queue, log_dir)
     if run_id:
         known = ", ".join(r.run_id for r in all_runs(logs)[-5:]) or "none"
         where = f"{log_dir}/" if isinstance(log_dir, Path) else log_dir
@@ -97,6 +133,7 @@ def _pick_runs(logs: LogSet, log_dir: Path | str, run_id: str | None, every: boo
     is_flag=True,
     help="Do not ask the broker where the tasks not done are; judge from the logs alone.",
 )
+@trust_option
 @management_url_option
 @broker_options
 @handle_errors
@@ -148,7 +185,7 @@ def report(
         where = f"the event stream {got.name}"
     else:
         logs = read_logs(log_dir)
-    runs = _pick_runs(logs, where, run_id, every)
+    runs = _pick_runs(logs, where, run_id, every, chosen_queue(queue))
     every_run = [(r, summarise_run(r, logs.workers)) for r in all_runs(logs)]
     by_id = {r.run_id: s for r, s in every_run}
     pairs = [(r, by_id[r.run_id]) for r in runs]
@@ -165,7 +202,7 @@ def report(
     # Beside a report from the logs: what the stream knows that logs/ does not. Beside one
     # from the stream: whose last events it cannot have.
     if source == "broker":
-        notes = _cut_short(logs, pairs, settings.queue)
+        notes = set_aside_notes(got) + _cut_short(logs, pairs, settings.queue)
     else:
         notes = _elsewhere(settings, pairs) if not logs_only else []
     position = ""
@@ -333,9 +370,18 @@ def _name_skipped(logs: LogSet) -> None:
     show_default=True,
     help="Give up after this many seconds.",
 )
+@click.option(
+    "--queue",
+    envvar="TASK_QUEUE",
+    default=DEFAULT_QUEUE,
+    show_default=True,
+    help="Wait for the latest run of this queue (env TASK_QUEUE). [default: of any queue, "
+    "when neither is set]",
+)
 @handle_errors
-def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
+def wait(log_dir: Path, run_id: str | None, timeout: float, queue: str) -> None:
     """Wait until every task of a run is done (or dead-lettered), watching the logs."""
+    of_queue = chosen_queue(queue)
     deadline = time.monotonic() + timeout
     last_size = -1
     while True:
@@ -343,13 +389,15 @@ def wait(log_dir: Path, run_id: str | None, timeout: float) -> None:
         if size != last_size:  # re-read only when a log grew
             last_size = size
             logs = read_logs(log_dir)
-            run = logs.runs.get(run_id) if run_id else latest_run(logs)
+            run = logs.runs.get(run_id) if run_id else latest_run(logs, of_queue)
             if run is not None and run.emitted.get(EMIT_DONE):
                 audit = summarise_run(run).audit
                 if not audit.missing:
                     click.echo(f"run {run.run_id}: all {plural(audit.emitted, 'task')} done")
                     return
         if time.monotonic() > deadline:
+            if run is None and of_queue is not None and not run_id:
+                raise _no_run_of(logs, of_queue, log_dir)
             raise NothingToDo(
                 f"gave up after {timeout:g} s: tasks of the run are still not done",
                 "are workers running? 'tasks report' says where the tasks not done are",

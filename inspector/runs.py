@@ -85,8 +85,27 @@ def run_order(run: Run) -> tuple[datetime, str]:
     return stamp.replace(tzinfo=timezone.utc), run.run_id
 
 
-def latest_run(logs: LogSet) -> Run | None:
-    """The newest run that was emitted."""
+def runs_of_queue(logs: LogSet, queue: str | None) -> list[Run]:
+    """The runs emitted to `queue` (every run for None), and those whose queue these events
+    do not tell (a worker's log alone has no emit line): they cannot be ruled out."""
+    return [r for r in logs.runs.values() if of_queue(r, queue)]
+
+
+def of_queue(run: Run, queue: str | None) -> bool:
+    """Whether the run may be of `queue`: emitted to it, or to a queue not known here."""
+    return queue is None or run.emitted.get("queue", queue) == queue
+
+
+def queues_with_runs(logs: LogSet) -> list[str]:
+    """The queues the runs in these events were emitted to."""
+    return sorted({q for r in logs.runs.values() if (q := r.emitted.get("queue"))})
+
+
+def latest_run(logs: LogSet, queue: str | None = None) -> Run | None:
+    """The newest run that was emitted (to `queue`, if given)."""
+    if queue is not None:
+        mine = runs_of_queue(logs, queue)
+        return max(mine, key=run_order) if mine else None
     emitted = [r for r in logs.runs.values() if r.emitted]
     pool = emitted or list(logs.runs.values())
     return max(pool, key=run_order) if pool else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,6 +52,8 @@ class StreamRead:
     skipped: list[Skipped] = field(default_factory=list)
     batches: int = 0
     duplicates: int = 0  # batches sent twice, counted once
+    #: Event lines not counted, by the user id of their batch ('' for none): not trusted.
+    set_aside: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
 
@@ -85,6 +88,34 @@ def iter_events(
     for _where, _n, fields, _why in _lines(settings, since, follow=follow, read=None):
         if fields is not None:
             yield fields
+
+
+def trusted_users(settings: Settings, conn: rabbitmq.Connection) -> frozenset[str]:
+    """Whose events count: the user we log in as (the broker checked each batch's user_id
+    against its publisher's login), and those named by --trust-user (TASK_TRUST_USERS)."""
+    own = rabbitmq.login_user(conn)
+    return frozenset(settings.trust_users) | ({own} if own else set())
+
+
+def set_aside_notes(read: StreamRead) -> list[str]:
+    """One line per publisher whose events were not counted."""
+    notes = []
+    for user, n in sorted(read.set_aside.items()):
+        who = (
+            f"from user '{safe_name(user)}'"
+            if user
+            else "with no user id (sent by an older version, or a foreign tool)"
+        )
+        notes.append(
+            f"set aside {n} event{'s' if n != 1 else ''} {who} (not trusted; "
+            "--trust-user to count them)"
+        )
+    return notes
+
+
+def safe_name(text: str) -> str:
+    """A name read from the broker, printable (control characters shown escaped)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:100]
 
 
 def _mark_end(
@@ -134,6 +165,7 @@ def _lines(
         offset: Any = "first" if since is None else since - CLOCK_MARGIN
         consumer = rabbitmq.Consuming(conn, name)
         consumer.start(PREFETCH, {"x-stream-offset": offset})
+        trusted = trusted_users(settings, conn)
         seen: set[str] = set()
         taken = 0
         last_news = time.monotonic()
@@ -167,6 +199,11 @@ def _lines(
                 read.batches += 1
             offset_here = (props.headers or {}).get("x-stream-offset", "?")
             where = f"{name}@{offset_here}"
+            if (props.user_id or "") not in trusted:
+                if read is not None:
+                    lines = body.count(b"\n") + 1 if body.strip() else 0
+                    read.set_aside[props.user_id or ""] += lines
+                continue
             if props.type not in (None, KIND_EVENTS):
                 yield where, 0, None, f"not an event batch (type {props.type})"
                 continue

@@ -184,6 +184,27 @@ def management_url_option(f: F) -> F:
     )(f)
 
 
+def _trust(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    names = tuple(n.strip() for v in value for n in v.split(",") if n.strip())
+    ctx.meta["trust_users"] = names
+
+
+def trust_option(f: F) -> F:
+    """--trust-user: whose events on the stream count, beside the reader's own login."""
+    return click.option(
+        "--trust-user",
+        "trust_users",
+        multiple=True,
+        envvar="TASK_TRUST_USERS",
+        metavar="USER",
+        expose_value=False,
+        callback=_trust,
+        help="Count the stream's events published by this broker user too (repeatable; env "
+        "TASK_TRUST_USERS, comma-separated). By default only the events of the user this "
+        "command logs in as count; others are set aside and named (docs/REPORT.md).",
+    )(f)
+
+
 def make_settings(
     urls: tuple[str, ...], queue: str, queue_type: str, log_dir: Path, heartbeat: int | None = None
 ) -> Settings:
@@ -199,6 +220,7 @@ def make_settings(
         tls=tls,
         consumer_timeout=extra.get("consumer_timeout"),
         management_url=extra.get("management_url"),
+        trust_users=ctx.meta.get("trust_users", ()) if ctx else (),
     )
 
 

@@ -35,6 +35,8 @@ class Settings:
     consumer_timeout: float | None = None
     #: The management API (None: the AMQP URL's host, port + 10000).
     management_url: str | None = None
+    #: Broker users whose events a reader of the stream counts, beside its own login.
+    trust_users: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:

@@ -39,6 +39,7 @@ from utils.rabbitmq.management import (
 from utils.rabbitmq.publish import (
     StreamPublisher,
     declare_stream,
+    login_user,
     publish_copy,
     stream_arguments,
     stream_exists,
@@ -78,6 +79,7 @@ __all__ = [
     "declare_stream",
     "default_management_url",
     "fetch_json",
+    "login_user",
     "open_channel",
     "probe_queue_type",
     "publish_copy",

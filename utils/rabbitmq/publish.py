@@ -104,6 +104,15 @@ def declare_stream(connection: Any, name: str, arguments: dict[str, Any]) -> str
     return "created"
 
 
+def login_user(connection: Any) -> str | None:
+    """The user a connection logged in as (its URL's user), the user_id the broker accepts
+    on what it publishes; None for a certificate (EXTERNAL) login, whose name the broker
+    derives from the certificate and does not tell the client."""
+    credentials = getattr(getattr(connection, "params", None), "credentials", None)
+    name = getattr(credentials, "username", None)
+    return name if isinstance(name, str) else None
+
+
 class StreamPublisher:
     """A confirm-mode channel that publishes whole messages to one stream.
 
@@ -114,6 +123,9 @@ class StreamPublisher:
     def __init__(self, connection: Any, name: str) -> None:
         self.connection = connection
         self.name = name
+        #: Every message carries the connection's login as its user_id, which the broker
+        #: checks: no one can publish under another user's name (docs/REPORT.md).
+        self.user_id = login_user(connection)
         with lost_errors():
             self._channel = connection.channel()
             self._channel.confirm_delivery()
@@ -135,6 +147,7 @@ class StreamPublisher:
             message_id=message_id,
             type=kind,
             headers=headers,
+            user_id=self.user_id,
         )
         returned = PublishRefused(
             f"the broker returned an event batch sent to '{self.name}': no such stream",
