@@ -324,3 +324,22 @@ def test_hostile_numbers_and_times_in_a_line_are_skipped_and_named_never_a_crash
     s = summarise_run(read_logs(d).runs[R1])
     assert s.audit.once == [2] and s.audit.missing == [1]
     assert all(w.busy >= 0 for w in s.workers)
+
+
+def test_a_body_with_terminal_escapes_is_printed_escaped_by_tasks_report(logs, offline_env):
+    body = "\x1b]0;owned\x07\x1b[2J\u202eevil"
+    write(
+        logs / "emitter.log",
+        [line(0, "emit_started", run=R1, source="t.csv", queue="q", order="file", total=1)],
+    )
+    write(
+        logs / "worker-a.log",
+        [
+            line(1, "started", worker="a", **task(R1, 1), attempt=1, body=body),
+            done(2, "a", R1, 1, 1.0),
+        ],
+    )
+    r = run("tasks", "report", "--logs-only", str(logs), env=offline_env)
+    assert r.returncode == 0, r.stderr
+    assert "\\x1b]0;owned\\x07" in r.stdout
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", r.stdout)
