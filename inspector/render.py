@@ -17,7 +17,7 @@ from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary
 from inspector.whereabouts import Whereabouts
 from utils.eventlog.records import UNFINISHED, Run, Skipped
 from utils.eventlog.schema import DONE, EMIT_DONE, REQUEUED
-from utils.text import plural, wrap_prose
+from utils.text import plural, safe, wrap_prose
 
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
 JSON_SCHEMA = 2
@@ -102,7 +102,7 @@ def render_text(
             notes = ["redelivered"] if a.redelivered else []
             if outcome != DONE:
                 notes.append(f"({OUTCOME_NOTES.get(outcome, outcome)})")
-            body = t.body if len(t.body) <= BODY_COLUMN else t.body[: BODY_COLUMN - 1] + "…"
+            body = safe(t.body, BODY_COLUMN)
             table.append(
                 f"{t.row if t.row is not None else '-':>4}  {body:<{BODY_COLUMN}} "
                 f"{a.worker[:WORKER_COLUMN]:<{WORKER_COLUMN}} {_clock(a.start):>12} {secs:>6} "

@@ -288,3 +288,58 @@ def test_fair_dispatch_beats_round_robin_on_the_sample_tasks():
     dots = [line.count(".") for line in (ROOT / "tasks.csv").read_text().splitlines()]
     assert 18 <= len(dots) <= 22 and min(dots) == 1 and max(dots) == 10
     assert greedy(dots, 3).makespan < round_robin(dots, 3) * 0.8
+
+
+HOSTILE_VALUES = [
+    "seconds=inf",
+    "seconds=1e308",
+    "seconds=99999999999",
+    "seconds=-2",
+    "seconds=1 row=99999999999999999999999999",
+    "seconds=1 attempt=99999999999999999999999999",
+]
+
+
+def test_hostile_numbers_and_times_in_a_line_are_skipped_and_named_never_a_crash(logs, offline_env):
+    d = logs
+    emit = [
+        line(0, "emit_started", run=R1, source="t.csv", queue="q", order="file", total=2),
+        line(0, "emit_done", run=R1, queue="q", rows="1-2", total=2, republished=0),
+    ]
+    write(d / "emitter.log", emit)
+    hostile = [
+        f"ts=2026-01-01T12:00:01.000Z event=done worker=a task={R1}-1 row=1 run={R1} {v}"
+        for v in HOSTILE_VALUES
+    ]
+    hostile.append(f"ts=0001-01-01T00:00:00.000Z event=done worker=a task={R1}-1 row=1 run={R1}")
+    hostile.append(f"ts=2199-01-01T00:00:00.000Z event=done worker=a task={R1}-1 row=1 run={R1}")
+    write(d / "worker-a.log", [started(1, "a", R1, 2), done(2, "a", R1, 2, 1.0), *hostile])
+    r = run("tasks", "report", "--logs-only", str(d), env=offline_env)
+    assert no_traceback(r.stderr) and "unexpected" not in r.stderr, r.stderr
+    assert r.returncode == 1, r.stderr  # row 1 is missing: none of the hostile lines counts
+    for v in HOSTILE_VALUES:
+        assert v.split()[-1][:20] in r.stderr, r.stderr
+    skipped = [s for s in r.stderr.splitlines() if s.startswith("skipped worker-a.log")]
+    assert len(skipped) == len(hostile), r.stderr
+    s = summarise_run(read_logs(d).runs[R1])
+    assert s.audit.once == [2] and s.audit.missing == [1]
+    assert all(w.busy >= 0 for w in s.workers)
+
+
+def test_a_body_with_terminal_escapes_is_printed_escaped_by_tasks_report(logs, offline_env):
+    body = "\x1b]0;owned\x07\x1b[2J\u202eevil"
+    write(
+        logs / "emitter.log",
+        [line(0, "emit_started", run=R1, source="t.csv", queue="q", order="file", total=1)],
+    )
+    write(
+        logs / "worker-a.log",
+        [
+            line(1, "started", worker="a", **task(R1, 1), attempt=1, body=body),
+            done(2, "a", R1, 1, 1.0),
+        ],
+    )
+    r = run("tasks", "report", "--logs-only", str(logs), env=offline_env)
+    assert r.returncode == 0, r.stderr
+    assert "\\x1b]0;owned\\x07" in r.stdout
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", r.stdout)

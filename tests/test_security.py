@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
-from tests.helpers import broker_script, no_traceback, run
+from tests.helpers import broker_script, events, no_traceback, run, stream_events
 
 
 def make_ca(d: Path, name: str) -> tuple[Path, Path]:
@@ -146,4 +148,60 @@ def test_a_password_never_appears_in_output_or_logs(env, broker_url, logs, tmp_p
         outputs.append(run("emit", "--url", url, "--message", "y", env=env).stderr)
     text = "\n".join(outputs) + "".join(p.read_text() for p in logs.glob("*.log*"))
     assert "***" in text  # URLs were printed, masked
+    assert marker not in text
+
+
+ENV_PRINTER = """\
+import json, os, pathlib, sys
+sys.stdin.read()
+text = json.dumps(dict(os.environ), sort_keys=True)
+pathlib.Path(sys.argv[1], "env-" + os.environ["TASK_ROW"]).write_text(text)
+print("\\n".join(f"{k}={v}" for k, v in sorted(os.environ.items())))
+"""
+
+
+def test_an_exec_command_gets_the_tasks_variables_and_the_users_but_none_of_our_secrets(
+    env, broker_url, queue, logs, tmp_path
+):
+    marker = "pw-EXEC-4b1d2e"
+    from tests.conftest import TEST_PORT
+
+    for args in (["add_user", "mcexec", marker], ["set_permissions", "mcexec", ".*", ".*", ".*"]):
+        r = broker_script("ctl", *args, BROKER_PORT=str(TEST_PORT))
+        assert r.returncode == 0 or "already exists" in r.stdout + r.stderr, r.stderr
+    url = broker_url.replace("guest:guest", f"mcexec:{marker}")
+    printer = tmp_path / "printenv.py"
+    printer.write_text(ENV_PRINTER)
+    e = {
+        **env,
+        "AMQP_URL": url,
+        "TASK_MANAGEMENT_URL": f"http://mcexec:{marker}@localhost:1/",
+        "TASK_DASHBOARD_TOKEN": marker,
+        "API_TOKEN": "the-jobs-own-token",
+    }
+    big = "b" * 140_000  # more than Linux takes for one environment variable
+    rows = tmp_path / "rows.csv"
+    rows.write_text(f"hello there\n{big}\n")
+    assert run("emit", str(rows), env=e).returncode == 0
+    r = run(
+        "work",
+        *("--name", "envp", "--exec", f"{sys.executable} {printer} {tmp_path}", "--max-tasks", "2"),
+        env=e,
+    )
+    assert r.returncode == 0, r.stderr
+    done = {d["row"]: d for d in events(logs / "worker-envp.log") if d["event"] == "done"}
+    assert set(done) == {"1", "2"}, r.stderr
+    child = json.loads((tmp_path / "env-1").read_text())
+    assert child["TASK_BODY"] == "hello there" and child["TASK_ROW"] == "1"
+    assert child["TASK_ATTEMPT"] == "1" and child["TASK_ID"]
+    assert child["API_TOKEN"] == "the-jobs-own-token"
+    assert not {"AMQP_URL", "TASK_MANAGEMENT_URL", "TASK_DASHBOARD_TOKEN", "TASK_QUEUE"} & set(
+        child
+    )
+    # The body too long for the environment still ran: on stdin, its size in TASK_BODY_BYTES.
+    assert json.loads((tmp_path / "env-2").read_text())["TASK_BODY_BYTES"] == "140000"
+    stream = "\n".join(json.dumps(ev) for ev in stream_events(e))
+    text = r.stdout + r.stderr + stream + "".join(p.read_text() for p in logs.glob("*.log*"))
+    text += "".join(p.read_text() for p in tmp_path.glob("env-*"))
+    assert "hello there" in stream  # the stream was read, with the task's events in it
     assert marker not in text

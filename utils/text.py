@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
 from typing import TextIO
@@ -57,4 +58,25 @@ def wrap_prose(lines: list[str], width: int | None) -> list[str]:
             break_long_words=False,
             break_on_hyphens=False,
         ) or [""]
+    return out
+
+
+#: C0 controls, DEL, C1 controls, and the bidi overrides and isolates (U+202A-202E,
+#: U+2066-2069), which make a terminal run commands, retitle itself, or show text reversed.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(m: re.Match[str]) -> str:
+    c = ord(m[0])
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def safe(text: str, limit: int | None = None) -> str:
+    """Text from a task made safe for a terminal and a log line: every control character,
+    DEL, C1 control and bidi override shown escaped (ESC as \\x1b, U+202E as \\u202e), and a
+    backslash as \\\\ so a reader can tell them apart. Cut to `limit` characters (with …)
+    after escaping, so that no sequence is left open."""
+    out = _UNSAFE.sub(_escaped, text.replace("\\", "\\\\"))
+    if limit is not None and len(out) > limit:
+        out = out[: limit - 1] + "…"
     return out

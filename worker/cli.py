@@ -55,7 +55,8 @@ def log_path(log_dir: Path, name: str) -> Path:
     "command",
     metavar="CMD",
     help="Run CMD for each task instead of sleeping: the body comes on stdin and in "
-    "TASK_BODY (also TASK_ID, TASK_ROW, TASK_ATTEMPT); exit 0 means done.",
+    "TASK_BODY (also TASK_ID, TASK_ROW, TASK_ATTEMPT; our settings and secrets are left out "
+    "of its environment); exit 0 means done.",
 )
 @click.option(
     "--shell",

@@ -6,7 +6,7 @@ import os
 import shlex
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from utils.task import Task
@@ -14,6 +14,14 @@ from utils.text import plural
 
 #: Captured output of a command is cut to this many characters in the log.
 OUTPUT_CHARS = 2000
+
+#: Our own settings, never handed to a command: the broker URL (password included), and
+#: every TASK_* / TASKS_* setting (the management URL, the TLS files, the dashboard's token).
+OUR_SETTINGS = ("AMQP_URL", "EMIT_FAST_PATH", "WORK_FAST_ACK", "SECONDS_PER_DOT")
+OUR_PREFIXES = ("TASK_", "TASKS_")
+#: Linux takes at most this many bytes for one "NAME=value" string (MAX_ARG_STRLEN,
+#: 32 pages); a longer TASK_BODY would make the exec fail with E2BIG.
+MAX_ENV_BYTES = 131072
 
 
 class TaskFailed(Exception):
@@ -62,13 +70,7 @@ class RunCommand:
         return self.command if self.shell else shlex.split(self.command)
 
     def __call__(self, task: Task, cancel: threading.Event) -> str:
-        env = dict(os.environ)
-        env.update(
-            TASK_BODY=task.body,
-            TASK_ID=task.task_id,
-            TASK_ROW="" if task.row is None else str(task.row),
-            TASK_ATTEMPT=str(task.attempt),
-        )
+        env = child_environment(os.environ, task)
         try:
             proc = subprocess.Popen(
                 self.argv(),
@@ -98,6 +100,29 @@ class RunCommand:
         if proc.returncode != 0:
             raise TaskFailed(f"command exited with code {proc.returncode}", text)
         return text
+
+
+def child_environment(environ: Mapping[str, str], task: Task) -> dict[str, str]:
+    """What a command runs with: the worker's environment without our settings and secrets,
+    plus the task's own TASK_ID, TASK_ROW, TASK_ATTEMPT and TASK_BODY (docs/WORKER.md).
+
+    A body that cannot be an environment variable (over MAX_ENV_BYTES, or holding a NUL)
+    is left out of it: TASK_BODY_BYTES then gives its size, and stdin has it whole.
+    """
+    env = {
+        k: v for k, v in environ.items() if k not in OUR_SETTINGS and not k.startswith(OUR_PREFIXES)
+    }
+    env.update(
+        TASK_ID=task.task_id,
+        TASK_ROW="" if task.row is None else str(task.row),
+        TASK_ATTEMPT=str(task.attempt),
+    )
+    size = len(task.body.encode("utf-8", "surrogatepass"))
+    if len("TASK_BODY=") + size + 1 <= MAX_ENV_BYTES and "\0" not in task.body:
+        env["TASK_BODY"] = task.body
+    else:
+        env["TASK_BODY_BYTES"] = str(size)
+    return env
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

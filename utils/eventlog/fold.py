@@ -17,9 +17,10 @@ the events given; an event that cannot be used is said why, never fatal.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
 from utils.eventlog.format import parse_ts
@@ -59,8 +60,40 @@ from utils.eventlog.schema import (
 NO_WORKER = "?"
 
 
+#: The longest an attempt may say it took (seconds=): a month. A line claiming more (1e308,
+#: 99999999999) or less than 0 is skipped, never summed.
+MAX_SECONDS = 31 * 24 * 3600
+#: The highest row number a line may carry; a CSV with more rows is not a batch of ours.
+MAX_ROW = 10**12
+#: How far a task's event may lie before the time in its run's id (clocks of other machines
+#: run a little apart), and after it (a durable queue may wait a long while).
+RUN_EARLY = timedelta(days=1)
+RUN_LATE = timedelta(days=400)
+_RUN_TIME = re.compile(r"(\d{8}T\d{6})-")
+
+
 def _int(value: str | None) -> int | None:
-    return int(value) if value and value.lstrip("-").isdigit() else None
+    if not value or len(value) > 20 or not value.lstrip("-").isdigit():
+        return None
+    n = int(value)
+    return n if -MAX_ROW <= n <= MAX_ROW else None
+
+
+def _bad_numbers(ts: datetime, f: dict[str, str]) -> str:
+    """Why a task line's row, attempt or time cannot be believed, or ''."""
+    for key in ("row", "attempt", "of", "dots"):
+        v = f.get(key)
+        if v and not (v.isdigit() and len(v) <= 13 and int(v) <= MAX_ROW):
+            return f"{f['event']} event with a bad value ({key}={v[:20]})"
+    m = _RUN_TIME.match(f.get("run", ""))
+    if m:
+        try:
+            began = datetime.strptime(m[1], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+        except ValueError:
+            return ""
+        if not began - RUN_EARLY <= ts <= began + RUN_LATE:
+            return f"{f['event']} event at {f['ts']}, too far from its run's start ({m[1]})"
+    return ""
 
 
 R = TypeVar("R", bound=Run)
@@ -223,6 +256,9 @@ class Fold(Generic[R]):
         task = f.get("task")
         if not task:
             return _without_task(f)
+        bad = _bad_numbers(ts, f)
+        if bad:
+            return bad
         run = self._task_run(f)
         life = life or self._life(NO_WORKER, ts, STARTED, None)
         self.deliveries[self._queue_of(life, run)] += 1
@@ -273,8 +309,11 @@ class Fold(Generic[R]):
                 secs = float(seconds)
             except ValueError as exc:
                 return f"{ev} event with a bad value ({exc})"
-            if not math.isfinite(secs):
-                return f"{ev} event with a bad value (seconds={seconds})"
+            if not (math.isfinite(secs) and 0 <= secs <= MAX_SECONDS):
+                return f"{ev} event with a bad value (seconds={seconds[:20]})"
+        bad = _bad_numbers(ts, f)
+        if bad:
+            return bad
         run = self._task_run(f)
         life = life or self._life(NO_WORKER, ts, ev, None)
         reason = f.get("reason", "")
@@ -308,6 +347,9 @@ class Fold(Generic[R]):
         task = f.get("task")
         if not task:
             return _without_task(f)
+        bad = _bad_numbers(ts, f)
+        if bad:
+            return bad
         run = self._task_run(f)
         if run is None:
             return ""

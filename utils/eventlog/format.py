@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from json.encoder import encode_basestring
 from typing import Any, Protocol
 
@@ -42,8 +42,19 @@ def now_iso() -> str:
     return second[1] + _MILLIS[ms]
 
 
+#: The times a line may carry: a stamp outside them is no time of ours (ts=0001-01-01...
+#: would make every sum with a duration overflow), and the line is skipped as unreadable.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+
 def parse_ts(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    """A log line's time; ValueError when it is not one, or outside EARLIEST..LATEST."""
+    ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    utc = ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"time out of range ({EARLIEST.year} to {LATEST.year}): {value}")
+    return ts
 
 
 def _value(v: Any) -> str:
