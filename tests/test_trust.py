@@ -52,7 +52,10 @@ def _forged_lines(run_id: str) -> list[str]:
     for row in (1, 2, 3, 99999999999999999999999999):
         tid = f"{run_id}-{row}"
         out.append(f"ts={ts} event=started worker=evil task={tid} run={run_id} row={row} attempt=1")
-        out.append(f"ts={ts} event=done worker=evil task={tid} run={run_id} row={row} seconds=-2")
+        secs = -2 if row > 3 else 2  # a bad value is skipped even when trusted (test_report)
+        out.append(
+            f"ts={ts} event=done worker=evil task={tid} run={run_id} row={row} seconds={secs}"
+        )
     fake = "29990101T000000-beef"
     out.append(
         f"ts=2999-01-01T00:00:00.000Z event=emit_started run={fake} source=x queue=q total=1"
