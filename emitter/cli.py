@@ -20,6 +20,7 @@ from utils.options import (
     EnvOption,
     broker_options,
     consumer_timeout_option,
+    echo_prose,
     events_options,
     handle_errors,
     make_settings,
@@ -27,7 +28,7 @@ from utils.options import (
     open_events,
 )
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
-from utils.text import echo_prose, plural
+from utils.text import plural
 
 PREVIEW_ROWS = 5
 

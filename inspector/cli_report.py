@@ -35,13 +35,14 @@ from utils.eventlog.records import LogSet, Run
 from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
 from utils.options import (
     broker_options,
+    echo_prose,
     handle_errors,
     make_settings,
     management_url_option,
     trust_option,
 )
 from utils.settings import DEFAULT_QUEUE, Settings
-from utils.text import echo_prose, plural, prose_width
+from utils.text import plural, prose_width
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
