@@ -87,6 +87,39 @@ def utils_imports_no_command(root: Path) -> list[str]:
     )
 
 
+#: utils/ in floors, each importing only its own and those below: the plain modules, then
+#: the rabbitmq wing, then the eventlog wing (its stream publishes through rabbitmq), then the
+#: command line's shared options (any other module of utils/).
+FLOORS = (
+    ("utils.settings", "utils.errors", "utils.task", "utils.text"),
+    ("utils.rabbitmq",),
+    ("utils.eventlog",),
+)
+
+
+def floor(module: str) -> int:
+    """The floor of a module of utils ("utils.rabbitmq.queues") or a path below utils/."""
+    name = module.removesuffix(".py").replace("/", ".")
+    for level, prefixes in enumerate(FLOORS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return level
+    return len(FLOORS)
+
+
+def utils_imports_down(root: Path) -> list[str]:
+    """Within utils/, imports go down the floors: the rabbitmq wing never imports eventlog
+    or the command line's options, the plain modules import neither wing."""
+    return sorted(
+        {
+            f"{path}:{line}: imports {'.'.join(module.split('.')[:2])}, a floor above it"
+            for path, tree, _ in sources(root)
+            if path.startswith("utils/")
+            for line, module in imported(tree)
+            if top(module) == "utils" and module != "utils" and floor(module) > floor(path)
+        }
+    )
+
+
 def commands_import_not_each_other(root: Path) -> list[str]:
     """emit, work and tasks share utils/ only: no command package imports another."""
     return sorted(
@@ -252,6 +285,7 @@ def functions_short(root: Path) -> list[str]:
 
 RULES: list[Rule] = [
     utils_imports_no_command,
+    utils_imports_down,
     commands_import_not_each_other,
     pika_behind_its_door,
     pika_exceptions_in_rabbitmq,
@@ -276,6 +310,11 @@ def long_function() -> str:
 #: rule -> (file, its text) planted in an otherwise clean tree, and what the finding says.
 PLANTED: dict[str, tuple[str, str, str]] = {
     "utils_imports_no_command": ("utils/x.py", "from worker.loop import Worker\n", "worker"),
+    "utils_imports_down": (
+        "utils/rabbitmq/queues.py",
+        "from utils.eventlog.log import EventLog\n",
+        "imports utils.eventlog",
+    ),
     "commands_import_not_each_other": ("emitter/x.py", "import inspector.runs\n", "inspector"),
     "pika_behind_its_door": ("worker/x.py", "import pika\n", "imports pika"),
     "pika_exceptions_in_rabbitmq": (
