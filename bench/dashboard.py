@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.browser import chromium, wait_until
 from utils.eventlog.format import format_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,8 +178,6 @@ def measure_server(folder: Path, workers: int, tasks: int) -> dict[str, Any]:
 
 def measure_page(folder: Path, workers: int, tasks: int, live: int) -> dict[str, Any]:
     """Render times in chromium over a run of `tasks`, while `live` more come in."""
-    from bench.browser import chromium, wait_until
-
     run = FakeRun(folder, workers, tasks + live)
     run.add(tasks)
     server = Server(folder)

@@ -16,16 +16,14 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bench.common import BIN, Rig, Workers, run_timed, say, steady_rate
 from bench.stats import fmt_num, fmt_ratio, fmt_spread, rate, ratios, spread, verdict
 from utils import rabbitmq
 from utils.eventlog.format import format_event
 from utils.eventlog.stream import KIND_EVENTS, EventsConfig, stream_name
 from utils.settings import Settings
-
-if TYPE_CHECKING:
-    from bench.run import Bench
 
 #: Tasks in the stream that the read is timed on.
 READ_TASKS = 100_000
@@ -35,18 +33,14 @@ BATCH_LINES = 560
 TARGET = 0.95
 
 
-def bench_events(bench: Bench) -> None:
+def bench_events(bench: Rig) -> None:
     """Both parts, into bench.results["events"]."""
-    from bench.run import say
-
-    out: dict[str, Any] = {"overhead": _overhead(bench, say)}
-    out["read"] = _read(bench, say)
+    out: dict[str, Any] = {"overhead": _overhead(bench)}
+    out["read"] = _read(bench)
     bench.results["events"] = out
 
 
-def _overhead(bench: Bench, say: Any) -> dict[str, Any]:
-    from bench.run import Workers, steady_rate
-
+def _overhead(bench: Rig) -> dict[str, Any]:
     n = bench.plan.work_tasks
     on: list[float] = []
     off: list[float] = []
@@ -139,9 +133,7 @@ def synthetic_run(tasks: int, workers: int = 3) -> tuple[str, list[list[str]], l
     return run, per, emit
 
 
-def _read(bench: Bench, say: Any) -> dict[str, Any]:
-    from bench.run import BIN, run_timed
-
+def _read(bench: Rig) -> dict[str, Any]:
     q = bench.queue("events-read")
     run, per, emit = synthetic_run(READ_TASKS)
     settings = Settings(urls=(bench.url,), queue=q)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import BIN, ROOT, Admin, _wait4, cpu_seconds, run_timed, steady_rate
+from bench.common import BIN, ROOT, Admin, _wait4, cpu_seconds, run_timed, steady_rate
 from bench.stats import rate
 
 

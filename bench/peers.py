@@ -24,16 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bench.common import BIN, ROOT, Rig, Workers, run_timed, say, steady_rate, table
 from bench.peer_clock import read_clock
 from bench.stats import fmt_num, fmt_ratio, fmt_spread, rate, ratios, spread
-
-if TYPE_CHECKING:
-    from bench.run import Bench
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 #: How each rate is timed; written into the results and the report.
 DEFINITION = (
@@ -181,10 +176,8 @@ def missing(peer: Peer) -> str | None:
 
 
 # -- one run -------------------------------------------------------------------------------------
-def ours_run(bench: Bench, kind: str) -> float:
+def ours_run(bench: Rig, kind: str) -> float:
     """Our worker on a fresh queue of `kind`: tasks per second, first start to last done."""
-    from bench.run import Workers, steady_rate
-
     n = bench.plan.work_tasks
     q = bench.queue("peers-ours")
     bench.fill(q, n, kind)
@@ -200,10 +193,8 @@ def ours_run(bench: Bench, kind: str) -> float:
     return rate(counted, seconds)
 
 
-def peer_run(bench: Bench, peer: Peer, kind: str, timeout: float = 300) -> float:
+def peer_run(bench: Rig, peer: Peer, kind: str, timeout: float = 300) -> float:
     """One peer's worker on a fresh queue of `kind`: tasks per second, first start to last ack."""
-    from bench.run import run_timed
-
     n = bench.plan.work_tasks
     q = bench.queue(f"peers-{peer.key}")
     clock = bench.tmp / f"{q}.clock"
@@ -302,7 +293,7 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 30) -> None:
     proc.wait()
 
 
-def cleanup(bench: Bench, queue: str) -> None:
+def cleanup(bench: Rig, queue: str) -> None:
     """Delete what a peer declared for this run: its queue, Dramatiq's .DQ and .XQ, Celery's
     exchange of the same name (each name is this run's own)."""
     for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
@@ -315,10 +306,8 @@ def cleanup(bench: Bench, queue: str) -> None:
 
 
 # -- the section ----------------------------------------------------------------------------------
-def bench_peers(bench: Bench, kinds: tuple[str, ...] = ("quorum", "classic")) -> dict[str, Any]:
+def bench_peers(bench: Rig, kinds: tuple[str, ...] = ("quorum", "classic")) -> dict[str, Any]:
     """Ours and every peer, interleaved repetition by repetition, on each queue type."""
-    from bench.run import say
-
     p = bench.plan
     out: dict[str, Any] = {
         "tasks": p.work_tasks,
@@ -438,8 +427,6 @@ def first_line(text: str) -> str:
 
 def peers_section(r: dict[str, Any]) -> list[str]:
     """The report's section on Dramatiq and Celery, measured beside our worker."""
-    from bench.report import table
-
     section = r.get("peers")
     if not section:
         return []

@@ -20,7 +20,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bench.run import BIN, Admin
+from bench.common import BIN, Admin
 
 RATE = 250  # samples per second
 

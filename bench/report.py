@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.common import ROOT, table
 from bench.events import events_section
 from bench.peers import peers_section
 from bench.stats import fmt_num, fmt_ratio, fmt_spread, verdict
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 NOTES = ROOT / "bench" / "NOTES.md"
 OUT = ROOT / "docs" / "BENCHMARKS.md"
@@ -25,13 +25,6 @@ OUT = ROOT / "docs" / "BENCHMARKS.md"
 FLAT = 1.10
 #: Adding workers that raises throughput by less than this fraction means something else is the limit.
 SATURATED = 0.15
-
-
-def table(head: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table."""
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return [*out, ""]
 
 
 def fmt_near(s: dict[str, Any], target: float) -> str:
@@ -486,7 +479,7 @@ def render(r: dict[str, Any], notes: str = "") -> str:
         ".venv/bin/python -m bench.report               # this page from the last results",
         "```",
         "",
-        "Sizes and repetitions are in `Plan` in `bench/run.py` and in the results JSON "
+        "Sizes and repetitions are in `Plan` in `bench/common.py` and in the results JSON "
         "(`bench/results/latest.json`, not committed). The benchmark never runs inside "
         "`make test`.",
         "",

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.run import (
+from bench.common import (
     BIN,
     ROOT,
     Admin,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import shlex
 import sys
@@ -20,6 +21,7 @@ from utils.options import (
     EnvOption,
     broker_options,
     consumer_timeout_option,
+    echo_prose,
     events_options,
     handle_errors,
     make_settings,
@@ -27,7 +29,7 @@ from utils.options import (
     open_events,
 )
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
-from utils.text import echo_prose, plural
+from utils.text import plural
 
 PREVIEW_ROWS = 5
 
@@ -164,23 +166,7 @@ def main(
       cat tasks.csv | emit -
       emit big.csv --header --column body --start-row 5001
     """
-    if source is None and not messages:
-        raise BadInput(
-            "nothing to send", "give a CSV file (emit tasks.csv), '-' for stdin, or --message TEXT"
-        )
-    if source is not None and messages:
-        raise BadInput("give a file or --message, not both", "")
-    if len(delimiter) != 1:
-        raise BadInput(
-            f"--delimiter must be one character, not '{delimiter}'",
-            "for a tab, use --delimiter $'\\t'",
-        )
-    try:
-        import codecs
-
-        codecs.lookup(encoding)
-    except LookupError:
-        raise BadInput(f"unknown --encoding '{encoding}'", "try utf-8, latin-1 or cp1252") from None
+    check_inputs(source, messages, delimiter, encoding)
     csv_opts = CsvOptions(header, column, delimiter, encoding, start_row, limit)
     opts = EmitOptions(
         source, tuple(messages), csv_opts, order, window, retry_for, blocked_timeout, fast_path
@@ -236,6 +222,33 @@ def main(
                 echo_prose(f"note: events not sent to the broker: {stream.off_reason}", err=True)
     if open_admin:
         _open_admin(report.result.url or settings.url, queue)
+    say_outcome(report, queue, quiet)
+
+
+def check_inputs(
+    source: str | None, messages: tuple[str, ...], delimiter: str, encoding: str
+) -> None:
+    """The options' own errors, before anything is read or sent."""
+    if source is None and not messages:
+        raise BadInput(
+            "nothing to send", "give a CSV file (emit tasks.csv), '-' for stdin, or --message TEXT"
+        )
+    if source is not None and messages:
+        raise BadInput("give a file or --message, not both", "")
+    if len(delimiter) != 1:
+        raise BadInput(
+            f"--delimiter must be one character, not '{delimiter}'",
+            "for a tab, use --delimiter $'\\t'",
+        )
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise BadInput(f"unknown --encoding '{encoding}'", "try utf-8, latin-1 or cp1252") from None
+
+
+def say_outcome(report: EmitReport, queue: str, quiet: bool) -> None:
+    """The summary line on stdout, the queue's notes and warnings on stderr; a run that lost a
+    row raises its failure summary instead."""
     r = report.result
     if r.error or r.unroutable or r.nacked:
         raise failure_summary(report)

@@ -12,9 +12,15 @@ import click
 from inspector.status import gather, render
 from utils import rabbitmq
 from utils.errors import ExitCode, NothingToDo, TaskToolError
-from utils.options import broker_options, handle_errors, make_settings, management_url_option
+from utils.options import (
+    broker_options,
+    echo_prose,
+    handle_errors,
+    make_settings,
+    management_url_option,
+)
 from utils.settings import Settings, url_host
-from utils.text import echo_prose, plural
+from utils.text import plural
 
 #: Seconds between refreshes of `tasks status --watch`.
 WATCH_EVERY = 1.0

@@ -35,13 +35,14 @@ from utils.eventlog.records import LogSet, Run
 from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
 from utils.options import (
     broker_options,
+    echo_prose,
     handle_errors,
     make_settings,
     management_url_option,
     trust_option,
 )
 from utils.settings import DEFAULT_QUEUE, Settings
-from utils.text import echo_prose, plural, prose_width
+from utils.text import plural, prose_width
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
@@ -162,17 +163,7 @@ def report(
     missing: neither done, in the queue, in progress, dead-lettered, nor taken elsewhere.
     """
     log_dir = folder or log_dir
-    if as_json and as_csv:
-        raise BadInput("--json and --csv cannot be combined", "pick one")
-    if (
-        timeline_to
-        and timeline_to != "-"
-        and Path(timeline_to).suffix.lower() not in (".png", ".svg")
-    ):
-        raise BadInput(
-            f"--timeline {timeline_to}: the picture must be a .png or .svg file",
-            "or use --timeline - for a text timeline",
-        )
+    _check_formats(as_json, as_csv, timeline_to)
     settings = make_settings(urls, queue, queue_type, log_dir)
     where: Path | str = log_dir
     if source == "broker":
@@ -233,6 +224,21 @@ def report(
     _name_skipped(logs)
     if any(s.audit.missing for _r, s in pairs):
         raise SystemExit(int(ExitCode.NOTHING_DONE))
+
+
+def _check_formats(as_json: bool, as_csv: bool, timeline_to: str | None) -> None:
+    """The output options' own errors, before any log is read."""
+    if as_json and as_csv:
+        raise BadInput("--json and --csv cannot be combined", "pick one")
+    if (
+        timeline_to
+        and timeline_to != "-"
+        and Path(timeline_to).suffix.lower() not in (".png", ".svg")
+    ):
+        raise BadInput(
+            f"--timeline {timeline_to}: the picture must be a .png or .svg file",
+            "or use --timeline - for a text timeline",
+        )
 
 
 def _whereabouts(

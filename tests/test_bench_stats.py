@@ -68,7 +68,7 @@ def test_profile_summary_counts_own_and_total_time_per_function():
 
 
 def test_the_worker_log_is_followed_across_a_rotation(tmp_path):
-    from bench.run import watch_done
+    from bench.common import watch_done
 
     log = tmp_path / "worker-w1.log"
     line = "ts=2026-11-27T00:00:00.000Z event=done worker=w1 task=t\n"

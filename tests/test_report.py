@@ -248,6 +248,7 @@ def test_unreadable_folders_and_bad_options_give_a_clear_error_not_a_traceback(t
         ([str(tmp_path)], 1, "no log lines about any run"),
         ([str(tmp_path / "none")], 1, "no log folder"),
         ([str(tmp_path), "--timeline", "t.jpg"], 2, ".png or .svg"),
+        ([str(tmp_path), "--json", "--csv"], 2, "--json and --csv cannot be combined"),
         ([str(tmp_path), "--run", "nope"], 1, "no log lines about run nope"),
     ]
     for args, code, message in cases:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import BIN, ROOT, WAIT, events, queue_ready, run, wait_for, wait_for_event
-from utils.text import prose_width
+from utils.text import prose, prose_width
 from worker.terminal import Terminal, cells, colour_wanted, fit
 
 _ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -233,6 +233,19 @@ def test_prose_is_wrapped_to_the_terminal_it_goes_to_not_to_stdouts(monkeypatch)
     os.close(master)
     with open(os.devnull, "w") as not_a_tty:
         assert prose_width(not_a_tty) is None
+
+
+def test_prose_is_plain_text_wrapped_for_a_terminal_and_whole_into_a_file(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "20")
+    text = "note: the queue holds more messages than this run sent\nnext line"
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as tty:
+        wrapped = prose(text, tty)
+    os.close(master)
+    assert wrapped.split("\n")[:3] == ["note: the queue", "  holds more", "  messages than this"]
+    assert wrapped.endswith("\nnext line")
+    with open(os.devnull, "w") as not_a_tty:
+        assert prose(text, not_a_tty) == text
 
 
 def test_a_long_note_wraps_under_the_text_column_within_the_width():

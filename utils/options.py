@@ -35,7 +35,7 @@ from utils.settings import (
     mask_url,
     split_urls,
 )
-from utils.text import echo_prose
+from utils.text import prose
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -222,6 +222,11 @@ def make_settings(
         management_url=extra.get("management_url"),
         trust_users=ctx.meta.get("trust_users", ()) if ctx else (),
     )
+
+
+def echo_prose(text: str, err: bool = False) -> None:
+    """click.echo(text) to stdout (stderr with err), its lines wrapped at words on a terminal."""
+    click.echo(prose(text, sys.stderr if err else sys.stdout), err=err)
 
 
 def fail(message: str, hint: str = "", code: int = ExitCode.BAD_INPUT) -> None:

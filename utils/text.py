@@ -1,4 +1,7 @@
-"""Words for a person: counts in words, and prose wrapped at the terminal's width."""
+"""Words for a person: counts in words, and prose wrapped at the terminal's width.
+
+Plain text only: printing it is the command line's (utils/options.py's echo_prose).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import re
 import sys
 import textwrap
 from typing import TextIO
-
-import click
 
 
 def plural(count: int, noun: str, nouns: str = "") -> str:
@@ -38,10 +39,10 @@ def prose_width(stream: TextIO | None = None) -> int | None:
     return terminal_width(stream) if stream.isatty() else None
 
 
-def echo_prose(text: str, err: bool = False) -> None:
-    """click.echo(text), each of its lines wrapped at words when it goes to a terminal."""
-    width = prose_width(sys.stderr if err else sys.stdout)
-    click.echo("\n".join(wrap_prose(text.split("\n"), width)), err=err)
+def prose(text: str, stream: TextIO) -> str:
+    """The text as it should reach stream: each line wrapped at words when stream is a
+    terminal, whole otherwise."""
+    return "\n".join(wrap_prose(text.split("\n"), prose_width(stream)))
 
 
 def wrap_prose(lines: list[str], width: int | None) -> list[str]:
