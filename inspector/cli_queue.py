@@ -14,7 +14,7 @@ from utils import rabbitmq
 from utils.errors import ExitCode, NothingToDo, TaskToolError
 from utils.options import broker_options, handle_errors, make_settings, management_url_option
 from utils.settings import Settings, url_host
-from utils.text import echo_prose, plural
+from utils.text import echo_prose, echo_safe, plural
 
 #: Seconds between refreshes of `tasks status --watch`.
 WATCH_EVERY = 1.0
@@ -65,7 +65,7 @@ def _show(settings: Settings, as_json: bool) -> None:
         # One object per line, so that --watch --json is a stream a script can read.
         click.echo(json.dumps(s.to_json()))
     else:
-        click.echo("\n".join(render(s)))
+        echo_safe("\n".join(render(s)))
 
 
 @click.command()

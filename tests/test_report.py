@@ -314,7 +314,7 @@ def test_hostile_numbers_and_times_in_a_line_are_skipped_and_named_never_a_crash
     hostile.append(f"ts=0001-01-01T00:00:00.000Z event=done worker=a task={R1}-1 row=1 run={R1}")
     hostile.append(f"ts=2199-01-01T00:00:00.000Z event=done worker=a task={R1}-1 row=1 run={R1}")
     write(d / "worker-a.log", [started(1, "a", R1, 2), done(2, "a", R1, 2, 1.0), *hostile])
-    r = run("tasks", "report", "--logs-only", str(d), env=offline_env)
+    r = run("tasks", "report", "--logs-only", str(d), env={**offline_env, "TASK_QUEUE": "q"})
     assert no_traceback(r.stderr) and "unexpected" not in r.stderr, r.stderr
     assert r.returncode == 1, r.stderr  # row 1 is missing: none of the hostile lines counts
     for v in HOSTILE_VALUES:
@@ -339,7 +339,7 @@ def test_a_body_with_terminal_escapes_is_printed_escaped_by_tasks_report(logs, o
             done(2, "a", R1, 1, 1.0),
         ],
     )
-    r = run("tasks", "report", "--logs-only", str(logs), env=offline_env)
+    r = run("tasks", "report", "--logs-only", str(logs), env={**offline_env, "TASK_QUEUE": "q"})
     assert r.returncode == 0, r.stderr
     assert "\\x1b]0;owned\\x07" in r.stdout
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", r.stdout)
