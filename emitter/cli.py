@@ -15,7 +15,7 @@ from emitter.emit import EmitOptions, EmitReport, emit_rows, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
 from utils.errors import BadInput, ExitCode
-from utils.eventlog.format import shorten
+from utils.eventlog.format import BODY_CHARS
 from utils.eventlog.log import EventLog
 from utils.options import (
     EnvOption,
@@ -29,7 +29,7 @@ from utils.options import (
     open_events,
 )
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
-from utils.text import plural
+from utils.text import plural, safe
 
 PREVIEW_ROWS = 5
 
@@ -323,7 +323,7 @@ def _dry_run(opts: EmitOptions) -> None:
     if opts.source is None:
         bodies = list(opts.messages)
         for n, body in enumerate(bodies[:PREVIEW_ROWS], start=1):
-            click.echo(f"row {n}: {shorten(body)}")
+            click.echo(f"row {n}: {safe(body, BODY_CHARS)}")
         click.echo(f"dry run: {plural(len(bodies), 'task')} would be sent; nothing was published")
         return
     if opts.source != "-":
@@ -333,7 +333,7 @@ def _dry_run(opts: EmitOptions) -> None:
         rows = iter_rows(stream, opts.source, opts.csv, stats)
         for row in itertools.islice(rows, PREVIEW_ROWS):
             click.echo(
-                f"row {row.row} (line {row.line}): {shorten(row.body)}  "
+                f"row {row.row} (line {row.line}): {safe(row.body, BODY_CHARS)}  "
                 f"[{plural(row.body.count('.'), 'dot')}]"
             )
         for _ in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import click
 
 from utils import rabbitmq
 from utils.errors import ConnectionLost, PublishRefused
-from utils.eventlog.format import shorten
+from utils.eventlog.format import BODY_CHARS
 from utils.options import (
     broker_options,
     consumer_timeout_option,
@@ -18,7 +19,7 @@ from utils.options import (
     management_url_option,
 )
 from utils.task import ATTEMPT_HEADERS, delivery_ids, failure_reason
-from utils.text import plural
+from utils.text import plural, safe
 
 
 @click.command()
@@ -89,15 +90,19 @@ def _dead(conn: Any, settings: Any, dead_queue: str, requeue: bool, url: str) ->
 def _describe(props: Any, body: bytes) -> str:
     """One line for a dead letter: row, task id, reason and the start of its body."""
     tid, row, _run = delivery_ids(props, body)
-    if not props.message_id:
-        tid = "- (no message id: another tool published it)"
-    reason = failure_reason(props.headers or {})
-    return f"  row {row if row is not None else '-'}  task {tid}  reason: {reason}  body: {_readable(body)}"
+    shown_id = safe(tid) if props.message_id else "- (no message id: another tool published it)"
+    # Every part may come from whoever published the message: shown escaped (utils/text.py).
+    reason = safe(failure_reason(props.headers or {}))
+    shown_row = "-" if row is None else safe(str(row))
+    return f"  row {shown_row}  task {shown_id}  reason: {reason}  body: {_readable(body)}"
+
+
+#: A byte that is not UTF-8, as decode(..., "surrogateescape") holds it.
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def _readable(body: bytes) -> str:
-    """The start of a body in quotes, bytes that are not text escaped once: '\\xff\\xfe ..'."""
-    text = shorten(body.decode("utf-8", "backslashreplace"))
-    # backslashreplace already wrote \xff for bad bytes; escape only control characters.
-    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    return f"'{shown}'"
+    """The start of a body in quotes, made safe (utils/text.py's safe()), bytes that are not
+    text shown as \\xff: '\\xff\\xfe ..'."""
+    shown = safe(body.decode("utf-8", "surrogateescape"), BODY_CHARS)
+    return "'" + _BAD_BYTE.sub(lambda m: f"\\x{ord(m[0]) - 0xDC00:02x}", shown) + "'"

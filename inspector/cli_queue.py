@@ -15,6 +15,7 @@ from utils.errors import ExitCode, NothingToDo, TaskToolError
 from utils.options import (
     broker_options,
     echo_prose,
+    echo_safe,
     handle_errors,
     make_settings,
     management_url_option,
@@ -71,7 +72,7 @@ def _show(settings: Settings, as_json: bool) -> None:
         # One object per line, so that --watch --json is a stream a script can read.
         click.echo(json.dumps(s.to_json()))
     else:
-        click.echo("\n".join(render(s)))
+        echo_safe("\n".join(render(s)))
 
 
 @click.command()

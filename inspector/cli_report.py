@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -14,6 +14,7 @@ import click
 from inspector import timeline
 from inspector.analysis import RunSummary, summarise_run, summarise_untracked
 from inspector.render import (
+    json_text,
     render_text,
     render_untracked,
     report_csv,
@@ -36,13 +37,14 @@ from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
 from utils.options import (
     broker_options,
     echo_prose,
+    echo_safe,
     handle_errors,
     make_settings,
     management_url_option,
     trust_option,
 )
 from utils.settings import DEFAULT_QUEUE, Settings
-from utils.text import plural, prose_width
+from utils.text import plural, prose_width, safe
 
 LOG_DIR = click.Path(file_okay=False, path_type=Path)
 #: Skipped lines named one by one on stderr; the rest are counted.
@@ -207,20 +209,20 @@ def report(
         if source == "broker":
             doc["log_dir"] = None
             doc["stream"] = got.name
-        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        click.echo(json_text(doc))
     elif as_csv:
-        click.echo(report_csv(pairs), nl=False)
+        click.echo(report_csv(pairs, escaped=sys.stdout.isatty()), nl=False)
     else:
         _echo_text(shown, position, timeline_to == "-")
         if render_untracked(untracked):
-            click.echo("\n" + render_untracked(untracked))
+            echo_safe("\n" + render_untracked(untracked))
     quiet = as_json or as_csv
     for line in notes:
         echo_prose(("" if quiet else "\n") + line, err=quiet)
     if timeline_to and timeline_to != "-":
         _draw(pairs[-1][1], Path(timeline_to), quiet=quiet)
     elif timeline_to == "-" and quiet:
-        click.echo(timeline.text_timeline(pairs[-1][1]), err=True)
+        echo_safe(timeline.text_timeline(pairs[-1][1]), err=True)
     _name_skipped(logs)
     if any(s.audit.missing for _r, s in pairs):
         raise SystemExit(int(ExitCode.NOTHING_DONE))
@@ -274,9 +276,9 @@ def _echo_text(
     for i, (r, s, w) in enumerate(shown):
         if i:
             click.echo("\n" + "-" * 72 + "\n")
-        click.echo(render_text(r, s, w, position, width))
+        echo_safe(render_text(r, s, w, position, width))
         if text_timeline:
-            click.echo("\n" + timeline.text_timeline(s))
+            echo_safe("\n" + timeline.text_timeline(s))
 
 
 def _run_start(run_id: str | None) -> datetime | None:
@@ -356,12 +358,12 @@ def _draw(s: RunSummary, path: Path, quiet: bool) -> None:
             f"cannot write the timeline to {path}: {exc.strerror}",
             "check that the folder exists and is writable",
         ) from None
-    click.echo(f"timeline of run {s.run_id} written to {path}", err=quiet)
+    echo_safe(f"timeline of run {safe(s.run_id)} written to {path}", err=quiet)
 
 
 def _name_skipped(logs: LogSet) -> None:
     for s in logs.skipped[:SKIPPED_SHOWN]:
-        click.echo(f"skipped {s.file}:{s.line}: {s.why}", err=True)
+        echo_safe(f"skipped {s.file}:{s.line}: {s.why}", err=True)
     if len(logs.skipped) > SKIPPED_SHOWN:
         click.echo(f"skipped {plural(len(logs.skipped) - SKIPPED_SHOWN, 'more line')}", err=True)
 
@@ -399,7 +401,7 @@ def wait(log_dir: Path, run_id: str | None, timeout: float, queue: str) -> None:
             if run is not None and run.emitted.get(EMIT_DONE):
                 audit = summarise_run(run).audit
                 if not audit.missing:
-                    click.echo(f"run {run.run_id}: all {plural(audit.emitted, 'task')} done")
+                    click.echo(f"run {safe(run.run_id)}: all {plural(audit.emitted, 'task')} done")
                     return
         if time.monotonic() > deadline:
             if run is None and of_queue is not None and not run_id:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,13 +70,13 @@ def render_text(
     e = run.emitted
     status = "" if EMIT_DONE in run.emitted else f" [emit {run.emit_status}]"
     what = (
-        f"{plural(s.audit.emitted, 'task')} from {e.get('source', '?')} "
-        f"to queue {e.get('queue', '?')} (order: {s.figures.order}){status}"
+        f"{plural(s.audit.emitted, 'task')} from {safe(str(e.get('source', '?')))} "
+        f"to queue {safe(str(e.get('queue', '?')))} (order: {s.figures.order}){status}"
     )
     head = (
-        [f"run {s.run_id}, {position} (--all for every run, --run ID for one)", what]
+        [f"run {safe(s.run_id)}, {position} (--all for every run, --run ID for one)", what]
         if position
-        else [f"run {s.run_id}: {what}"]
+        else [f"run {safe(s.run_id)}: {what}"]
     )
     table = [
         "",
@@ -83,7 +85,7 @@ def render_text(
     ]
     for wk in s.workers:
         cells = (
-            f"{wk.name[:20]:<20} {wk.tasks:>5} {wk.busy:>7.2f} {wk.utilisation:>5.0%} "
+            f"{safe(wk.name, 20):<20} {wk.tasks:>5} {wk.busy:>7.2f} {wk.utilisation:>5.0%} "
             f"{_clock(wk.first_start):>12} {_clock(wk.last_end):>12}  "
         )
         table.append(cells + _rows_fit(wk.rows, width - len(cells) if width else None))
@@ -105,7 +107,7 @@ def render_text(
             body = safe(t.body, BODY_COLUMN)
             table.append(
                 f"{t.row if t.row is not None else '-':>4}  {body:<{BODY_COLUMN}} "
-                f"{a.worker[:WORKER_COLUMN]:<{WORKER_COLUMN}} {_clock(a.start):>12} {secs:>6} "
+                f"{safe(a.worker, WORKER_COLUMN):<{WORKER_COLUMN}} {_clock(a.start):>12} {secs:>6} "
                 f"{a.attempt:>3}  {' '.join(notes)}".rstrip()
             )
     prose: list[str] = []
@@ -157,12 +159,12 @@ def render_audit(s: RunSummary, w: Whereabouts | None = None) -> list[str]:
         lines += [f"  {x}" for x in _whereabouts_lines(w)]
     for d in au.duplicates:
         lines.append(
-            f"  duplicate: row {d.row} ({d.task_id}) done {d.times_done} times "
-            f"by {', '.join(d.workers)}: {d.cause}"
+            f"  duplicate: row {d.row} ({safe(d.task_id)}) done {d.times_done} times "
+            f"by {safe(', '.join(d.workers))}: {d.cause}"
         )
     for d in au.redelivered:
         lines.append(
-            f"  redelivered: row {d.row} ({d.task_id}) went to {', '.join(d.workers)}, "
+            f"  redelivered: row {d.row} ({safe(d.task_id)}) went to {safe(', '.join(d.workers))}, "
             f"done {plural(d.times_done, 'time')}: {d.cause}"
         )
     if au.missing:
@@ -201,7 +203,7 @@ def _whereabouts_lines(w: Whereabouts) -> list[str]:
         unacked = "unknown" if q.unacked is None else str(q.unacked)
         dead = "none" if q.dead is None else str(q.dead)
         lines.append(
-            f"queue {q.name} now: ready {q.ready}, unacked {unacked}, "
+            f"queue {safe(q.name)} now: ready {q.ready}, unacked {unacked}, "
             f"{_plural(q.consumers, 'consumer')}{others}; dead letters {dead}"
         )
     if w.note:
@@ -423,11 +425,23 @@ def report_json(
     }
 
 
+#: What json.dumps(..., ensure_ascii=False) leaves raw that a terminal acts on: DEL, C1
+#: and the bidi overrides (it escapes C0 itself).
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(doc: dict) -> str:
+    """The --json document as text: readable UTF-8, and the characters that act on a
+    terminal as \\u escapes, so that it prints safely and parses back to the same data."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
 def render_untracked(u: UntrackedSummary) -> str:
     """One line about the messages other tools published (no run id), or '' if none."""
     if not u.deliveries:
         return ""
-    by = ", ".join(f"{name} {n}" for name, n in sorted(u.done_by.items()))
+    by = ", ".join(f"{safe(name)} {n}" for name, n in sorted(u.done_by.items()))
     parts = [f"{u.done} done" + (f" ({by})" if by else "")]
     if u.failed:
         parts.append(f"{u.failed} failed")
@@ -494,21 +508,26 @@ CSV_COLUMNS = [
 ]
 
 
-def report_csv(pairs: list[tuple[Run, RunSummary]]) -> str:
-    """One CSV line per delivery (attempt), plus one `missing` line per row never seen done."""
+def report_csv(pairs: list[tuple[Run, RunSummary]], escaped: bool = False) -> str:
+    """One CSV line per delivery (attempt), plus one `missing` line per row never seen done.
+
+    The text of a task is written as it is, for the script that reads the file; `escaped`
+    (stdout is a terminal) shows it through safe() instead, as `tasks results` does.
+    """
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
+    shown = safe if escaped else str
     for _run, s in pairs:
         for t in s.tasks:
             for a in t.attempts:
                 w.writerow(
                     [
-                        s.run_id,
+                        shown(s.run_id),
                         t.row,
-                        t.task_id,
-                        t.body,
-                        a.worker,
+                        shown(t.task_id),
+                        shown(t.body),
+                        shown(a.worker),
                         _iso(a.start),
                         _iso(a.end) or "",
                         "" if a.seconds is None else f"{a.seconds:.3f}",
@@ -522,5 +541,5 @@ def report_csv(pairs: list[tuple[Run, RunSummary]]) -> str:
         seen = {t.row for t in s.tasks}
         for row in s.audit.missing:
             if row not in seen:  # rows that no worker ever started
-                w.writerow([s.run_id, row, "", "", "", "", "", "", "", "", "missing", 0, "false"])
+                w.writerow([shown(s.run_id), row, *[""] * 8, "missing", 0, "false"])
     return out.getvalue()

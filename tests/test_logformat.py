@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,9 +51,13 @@ def test_time_stamps_are_utc_to_the_millisecond_across_second_boundaries(monkeyp
 #: Log values of every kind _value takes a fast path for, and of the kinds it does not.
 AWKWARD_VALUES = [True, False, 0, -3, 1.5, float("nan"), "", "a b", 'x"y', "é ü", "ok\n", "a\tb"]
 AWKWARD_VALUES += ["\x00", Path("/a b"), b"x y", ("a", 1), "Task 1", "t=1", "run-7"]
-#: Not printable, yet bare (control characters that are not whitespace), and whitespace
-#: that is not ASCII: the regex decides these.
+#: Not printable: control characters that are not whitespace (quoted, never raw: issue 23),
+#: a zero-width space (bare), and whitespace that is not ASCII: the regex decides these.
 AWKWARD_VALUES += ["\x01x", "\x7f", "a\u200bb", "a\xa0b", "a\u2028b", "\u3000", "é\x1cx"]
+#: What acts on a terminal: written quoted, as \\u escapes (issue 23).
+AWKWARD_VALUES += ["\x1b]0;t\x07", "\x1b[2J", "a\u202eb", "\x9b31m", "x\u2066y"]
+#: The characters no log line carries raw (utils/text.py's safe() shows the same escaped).
+RAW = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 @pytest.mark.parametrize("value", AWKWARD_VALUES)
@@ -65,7 +70,14 @@ def test_log_values_are_bare_or_json_strings_as_before(value):
         want = f"{value:.3f}"
     else:
         text = str(value)
-        bare = text and not any(c.isspace() or c in '"=' for c in text)
+        bare = text and not any(c.isspace() or c in '"=' for c in text) and not RAW.search(text)
         want = text if bare else json.dumps(text, ensure_ascii=False)
+        want = RAW.sub(lambda m: f"\\u{ord(m[0]):04x}", want)
     assert logformat._value(value) == want
-    assert logformat._file_line("T", "e", {"k": value}) == f"ts=T event=e k={want}"
+    line = logformat._file_line("T", "e", {"k": value})
+    assert line == f"ts=T event=e k={want}"
+    assert not RAW.search(line)
+    if not isinstance(value, (bool, float)):
+        assert logformat.parse_line(f"ts=2026-01-01T00:00:00.000Z event=e k={want}")["k"] == str(
+            value
+        )

@@ -35,7 +35,7 @@ from utils.settings import (
     mask_url,
     split_urls,
 )
-from utils.text import prose
+from utils.text import prose, safe_lines
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -227,6 +227,11 @@ def make_settings(
 def echo_prose(text: str, err: bool = False) -> None:
     """click.echo(text) to stdout (stderr with err), its lines wrapped at words on a terminal."""
     click.echo(prose(text, sys.stderr if err else sys.stdout), err=err)
+
+
+def echo_safe(text: str, err: bool = False, nl: bool = True) -> None:
+    """click.echo(safe_lines(text)): for lines that quote text from a task or the broker."""
+    click.echo(safe_lines(text), err=err, nl=nl)
 
 
 def fail(message: str, hint: str = "", code: int = ExitCode.BAD_INPUT) -> None:

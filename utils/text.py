@@ -42,7 +42,7 @@ def prose_width(stream: TextIO | None = None) -> int | None:
 def prose(text: str, stream: TextIO) -> str:
     """The text as it should reach stream: each line wrapped at words when stream is a
     terminal, whole otherwise."""
-    return "\n".join(wrap_prose(text.split("\n"), prose_width(stream)))
+    return "\n".join(wrap_prose(safe_lines(text).split("\n"), prose_width(stream)))
 
 
 def wrap_prose(lines: list[str], width: int | None) -> list[str]:
@@ -67,9 +67,17 @@ def wrap_prose(lines: list[str], width: int | None) -> list[str]:
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+#: _UNSAFE but for the newline and the tab, which our own lines and tables use.
+_UNSAFE_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+#: The escapes a reader knows by name (Python's and C's), the rest as \\xNN or \\uNNNN.
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _escaped(m: re.Match[str]) -> str:
     c = ord(m[0])
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    return _NAMED.get(m[0]) or (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
 
 
 def safe(text: str, limit: int | None = None) -> str:
@@ -81,3 +89,12 @@ def safe(text: str, limit: int | None = None) -> str:
     if limit is not None and len(out) > limit:
         out = out[: limit - 1] + "…"
     return out
+
+
+def safe_lines(text: str) -> str:
+    """Lines of ours that quote text from a task, a log or the broker, made safe to print:
+    every control character but the newline and the tab, and every C1 control and bidi
+    override, shown escaped as safe() shows it. The last guard before a terminal: a field
+    should have gone through safe() already (which also doubles its backslashes, so these
+    are left as they are)."""
+    return _UNSAFE_IN_LINES.sub(_escaped, text)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from utils.eventlog import schema as ev
-from utils.text import terminal_width
+from utils.text import safe, terminal_width
 
 #: The event name's column; longer names push the rest of their line right.
 EVENT_WIDTH = 13
@@ -91,10 +91,9 @@ def fit(text: str, width: int) -> str:
 
 
 def printable(text: str) -> str:
-    """The text with control characters written as escapes, so none reaches the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    """The text with control characters, C1 and bidi overrides written as escapes
+    (utils/text.py's safe()), so none reaches the terminal."""
+    return safe(text)
 
 
 def plain(value: Any) -> str:

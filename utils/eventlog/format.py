@@ -3,8 +3,9 @@
     ts=2026-11-26T23:59:01.123Z event=started worker=host-42 task=20261126T235900-ab12-3 row=3 ...
 
 One event per line, `key=value` pairs, time and event first. A value with a space, a quote,
-an equals sign or nothing in it is written as a JSON string. Old logs must always read:
-the format stays byte for byte what it is.
+an equals sign, a control character (C0, DEL, C1, a bidi override) or nothing in it is
+written as a JSON string, those characters as \\u escapes: no line carries one raw. Old
+logs must always read: the format stays byte for byte what it is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from datetime import datetime, timezone
 from json.encoder import encode_basestring
 from typing import Any, Protocol
 
-_BARE = re.compile(r'^[^\s"=]+\Z')  # \Z: $ would let a trailing newline through
+#: A value written as it is: no space, quote or equals sign, and none of the characters
+#: that act on a terminal (C0, DEL, C1, bidi overrides; utils/text.py), so that `tail -f`
+#: of a log file runs nothing a task said. \Z: $ would let a trailing newline through.
+_BARE = re.compile('^[^\\s"=\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]+\\Z')
+#: What a JSON string from encode_basestring may still hold raw: DEL, C1 and the bidi
+#: overrides (it escapes only C0). Written as \\uXXXX, which json.loads reads back exactly.
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 #: key=value (a JSON string, or bare up to the next space) and the spaces after it; else
 #: any one character (group 3), which means the line is not in our format.
 _PAIRS = re.compile(r'(\w+)=("[^"\\]*(?:\\.[^"\\]*)*"|[^\s"]*)(?:\s+|\Z)|(.)', re.S)
@@ -72,7 +79,15 @@ def _value(v: Any) -> str:
         s = str(v)
     # encode_basestring is what json.dumps(s, ensure_ascii=False) calls, without the
     # encoder object that json.dumps builds for every call.
-    return s if _is_bare(s) else encode_basestring(s)
+    return s if _is_bare(s) else _quoted(s)
+
+
+def _quoted(s: str) -> str:
+    """s as a JSON string with no raw control character, C1 or bidi override in it."""
+    q = encode_basestring(s)
+    if q.isprintable():  # DEL, C1 and the overrides are not; most text is
+        return q
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m[0]):04x}", q)
 
 
 def _is_bare(s: str) -> bool:
@@ -141,7 +156,7 @@ def _file_line(ts: str, event: str, fields: dict[str, Any]) -> str:
             if bare and (v.isprintable() or _BARE.match(v)):
                 append(f"{k}={v}")
             else:
-                append(f"{k}={encode_basestring(v)}")
+                append(f"{k}={_quoted(v)}")
         elif t is int:
             append(f"{k}={v}")
         elif v is not None:
