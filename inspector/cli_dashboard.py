@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from inspector.dashboard.server import (
+    IDLE_TIMEOUT,
     Dashboard,
     QueueWatch,
     is_loopback,
@@ -62,6 +63,16 @@ from utils.options import (
     cls=EnvOption,
     help="Show this run. [default: follow the latest one]",
 )
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, 3600, min_open=True),
+    default=IDLE_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    envvar="TASK_DASHBOARD_IDLE_TIMEOUT",
+    cls=EnvOption,
+    help="Close a connection silent this long (no request, or one left unfinished).",
+)
 @management_url_option
 @broker_options
 @handle_errors
@@ -70,6 +81,7 @@ def dashboard(
     bind: str,
     use_token: bool,
     run_id: str | None,
+    idle_timeout: float,
     urls: tuple[str, ...],
     queue: str,
     queue_type: str,
@@ -100,6 +112,7 @@ def dashboard(
         QueueWatch(settings),
         token=token,
         bind=bind,
+        idle_timeout=idle_timeout,
     )
     server = make_server(app, bind, port)
     port = server.server_address[1]

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -475,3 +476,99 @@ def test_a_page_that_followed_another_run_gets_every_bar_of_the_new_one() -> Non
     assert not same["timeline"]["full"] and same["timeline"]["bars"] == []
     moved = s.snapshot(now=1e10, since=snap["version"], epoch_seen=snap["epoch"], run_seen="old")
     assert moved["timeline"]["full"] and len(moved["timeline"]["bars"]) == 3
+
+
+# -- hostile requests and lines (issue 23, finding 7) -------------------------------------------
+def served_over(tmp_path: Path, lines: list[str], *args: str) -> Served:
+    """`tasks dashboard` over a log folder holding these lines; the state has them folded."""
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "worker-a.log").write_text("\n".join(lines) + "\n")
+    env = {**dashboard_env(tmp_path), "TASK_LOG_DIR": str(logs)}
+    d = Served(env, "--port", str(PORT), *args)
+    want = sum(1 for x in lines if x.startswith("ts="))
+
+    def folded() -> bool:
+        code, _, body = get(d.local + "/api/state")
+        return code == 500 or json.loads(body)["source"]["events"] >= want  # 500: it failed
+
+    wait_for("the lines folded", folded)
+    return d
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["%C2%B2", "9" * 5000, "-1", "1.5", "abc", "%EF%BC%91"],  # ², 5,000 digits, ..., fullwidth 1
+    ids=["superscript-two", "5000-digits", "negative", "fraction", "word", "fullwidth-digit"],
+)
+def test_a_bad_since_is_answered_400_with_a_short_json_error(tmp_path: Path, since: str) -> None:
+    d = served_over(tmp_path, run_lines(tasks=2))
+    try:
+        code, headers, body = get(d.local + "/api/state?since=" + since)
+        assert code == 400, body
+        assert headers["Content-Type"] == "application/json"
+        error = json.loads(body)["error"]
+        assert error.startswith("since=") and "is not a version" in error and len(error) < 200
+        code, _, body = get(d.local + "/api/state?since=3")  # and it goes on answering
+        assert code == 200 and json.loads(body)["run"]["done"] == 2
+    finally:
+        code = d.stop()
+    assert code == 0 and no_traceback(d.err), d.err
+
+
+def test_a_line_that_breaks_an_answer_gets_500_and_the_server_stays_up(tmp_path: Path) -> None:
+    # A JSON-quoted value may name a lone surrogate, which no UTF-8 answer can carry.
+    ids = {"worker": "w9", "task": f"{RUN}-9", "row": 9, "run": RUN}
+    hostile = line(ts(9), "started", **ids) + r' body="\ud800"'
+    d = served_over(tmp_path, [*run_lines(tasks=2), hostile])
+    try:
+        code, headers, body = get(d.local + "/api/state")
+        assert code == 500, body
+        assert headers["Content-Type"] == "application/json"
+        assert "failed to answer (UnicodeEncodeError)" in json.loads(body)["error"]
+        assert get(d.local + "/")[0] == 200 and get(d.local + "/metrics")[0] == 200
+    finally:
+        code = d.stop()
+    assert code == 0 and no_traceback(d.err), d.err
+    assert "answering GET /api/state failed: UnicodeEncodeError" in d.err
+
+
+def closed_by_server(port: int, send: bytes = b"") -> bytes:
+    """Connect, send `send`, then stay silent until the server closes the connection (the
+    close is the event waited for; the 60 s is a guard for a server that never does).
+    What the server sent before closing."""
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(send)
+        while chunk := s.recv(65536):
+            got += chunk
+    return got
+
+
+@pytest.mark.parametrize("how", ["option", "variable"])
+def test_an_idle_connection_is_closed_by_the_server(tmp_path: Path, how: str) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {**dashboard_env(tmp_path), "TASK_LOG_DIR": str(logs)}
+    args = ["--idle-timeout", "0.5"]
+    if how == "variable":
+        env["TASK_DASHBOARD_IDLE_TIMEOUT"], args = "0.5", []
+    d = Served(env, "--port", str(PORT), *args)
+    try:
+        assert closed_by_server(d.port) == b""  # connected, never asked
+        # Half a request, never finished.
+        assert closed_by_server(d.port, b"GET /api/state HTTP/1.1\r\nHost: 127") == b""
+        # One answer on a kept-alive connection, then silence.
+        answer = closed_by_server(d.port, b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 204 ")
+        assert get(d.local + "/")[0] == 200
+    finally:
+        code = d.stop()
+    assert code == 0 and no_traceback(d.err), d.err
+
+
+def test_the_idle_timeout_is_in_the_help_and_must_be_positive(tmp_path: Path) -> None:
+    r = run("tasks", "dashboard", "--help", env=dashboard_env(tmp_path))
+    assert "--idle-timeout SECONDS" in r.stdout and "TASK_DASHBOARD_IDLE_TIMEOUT" in r.stdout
+    bad = run("tasks", "dashboard", "--idle-timeout", "0", env=dashboard_env(tmp_path))
+    assert bad.returncode == 2 and "--idle-timeout" in bad.stderr and no_traceback(bad.stderr)

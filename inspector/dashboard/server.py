@@ -29,6 +29,7 @@ from inspector.dashboard.state import DashboardState
 from inspector.status import Status, gather
 from utils.errors import BadInput, TaskToolError
 from utils.settings import Settings
+from utils.text import safe
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 FOLD_EVERY = 0.2
 #: Seconds between two questions to the broker about the queue.
 QUEUE_EVERY = 2.0
+#: Seconds a connection may stay silent (no request, or a request not finished) before the
+#: server closes it (--idle-timeout): an idle or stalled client must not hold a thread.
+IDLE_TIMEOUT = 30.0
+#: The most digits `since` may have: it is a count of events folded, far below 10^18.
+SINCE_DIGITS = 18
 
 #: The page may run only its own script and style, fetch only from us, and be framed by nobody.
 SECURITY_HEADERS = {
@@ -119,6 +125,31 @@ class QueueWatch:
             stop.wait(QUEUE_EVERY)
 
 
+class BadQuery(ValueError):
+    """A request the dashboard cannot answer as asked (answered 400, with this message)."""
+
+
+def state_query(query: dict[str, list[str]]) -> tuple[int, str | None, str | None]:
+    """/api/state's (since, epoch, run) from the query; BadQuery when `since` is no version.
+
+    `epoch` and `run` are only compared with ours, never parsed: any text will do.
+    """
+    since = query.get("since", ["0"])[0]
+    # str.isdigit() is True for "²" and other digits int() refuses; and int() of a
+    # 5,000-digit string raises: only ASCII digits, few enough for a count.
+    if not (since.isascii() and since.isdigit() and len(since) <= SINCE_DIGITS):
+        raise BadQuery(
+            f"since={safe(since, 40)} is not a version: give the `version` of an earlier "
+            "/api/state answer (a whole number, 0 or more), or leave it out"
+        )
+    return int(since), query.get("epoch", [None])[0], query.get("run", [None])[0]
+
+
+def error_json(message: str) -> bytes:
+    """The body of an error answer: {"error": message}."""
+    return json.dumps({"error": message}).encode() + b"\n"
+
+
 class Dashboard:
     """The state, what feeds it, and who may read it."""
 
@@ -130,12 +161,14 @@ class Dashboard:
         *,
         token: str | None = None,
         bind: str = "127.0.0.1",
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.source = source
         self.state = state
         self.queue = queue
         self.token = token
         self.bind = bind
+        self.idle_timeout = idle_timeout
         self.cookie = "tasks_dashboard"
         self.static = load_static()
         self.lock = threading.Lock()
@@ -172,8 +205,9 @@ class Dashboard:
         while not stop.is_set():
             try:
                 self.fold_once()
-            except Exception:  # a bug must not freeze the page: log it, go on
-                log.exception("folding events failed")
+            except Exception as exc:  # a bug must not freeze the page: say it, go on
+                log.warning("folding events failed: %s", safe(f"{type(exc).__name__}: {exc}", 300))
+                log.debug("the failure", exc_info=True)
             if not getattr(self.source, "more", False):
                 stop.wait(FOLD_EVERY)
 
@@ -236,9 +270,38 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "tasks-dashboard"
     sys_version = ""
 
+    def setup(self) -> None:
+        super().setup()
+        # A read that waits longer (for the next request, or the rest of one) raises
+        # TimeoutError, which handle_one_request takes as the end of the connection.
+        self.connection.settimeout(self.server.app.idle_timeout)
+
     def do_GET(self) -> None:
+        """Answer one GET: 400 for a request we cannot read, 500 (the server goes on) for
+        a failure of ours, each with a short JSON error, never a dropped connection."""
+        try:
+            self._get()
+        except BadQuery as exc:
+            self._send(HTTPStatus.BAD_REQUEST, error_json(str(exc)), "application/json")
+        except OSError:  # the client went away mid-answer: nothing to tell it
+            self.close_connection = True
+        except Exception as exc:
+            what = f"{type(exc).__name__}: {exc}"
+            log.warning("answering GET %s failed: %s", safe(self.path, 200), safe(what, 300))
+            log.debug("the failure", exc_info=True)
+            self.close_connection = True
+            self._send(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                error_json(
+                    f"the dashboard failed to answer ({type(exc).__name__}); "
+                    "its terminal says more, and the next request is answered afresh"
+                ),
+                "application/json",
+            )
+
+    def _get(self) -> None:
         app = self.server.app
-        parts = urlsplit(self.path)
+        parts = urlsplit(self.path)  # (a path of "//..." the standard library made "/...")
         query = parse_qs(parts.query)
         if not app.host_allowed(self.headers.get("Host")):
             self._send(HTTPStatus.FORBIDDEN, b"unknown Host header\n", "text/plain; charset=utf-8")
@@ -263,12 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
             name, ctype = STATIC_FILES[path]
             self._send(HTTPStatus.OK, app.static[name], ctype, extra)
         elif path == "/api/state":
-            since = query.get("since", ["0"])[0]
-            body = app.state_json(
-                int(since) if since.isdigit() else 0,
-                query.get("epoch", [None])[0],
-                query.get("run", [None])[0],
-            )
+            body = app.state_json(*state_query(query))
             self._send(HTTPStatus.OK, body, "application/json", extra)
         elif path == "/metrics":
             self._send(
@@ -296,13 +354,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.address_string(), safe(format % args, 300))
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a page left open must not hold up Ctrl+C
     allow_reuse_address = True
     app: Dashboard
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """What escaped a handler (a connection reset while reading a request): one line at
+        debug level, where socketserver would print a traceback on stderr."""
+        log.debug("connection from %s failed", client_address, exc_info=True)
 
 
 class _Server6(_Server):
