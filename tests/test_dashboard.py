@@ -516,21 +516,36 @@ def test_a_bad_since_is_answered_400_with_a_short_json_error(tmp_path: Path, sin
     assert code == 0 and no_traceback(d.err), d.err
 
 
-def test_a_line_that_breaks_an_answer_gets_500_and_the_server_stays_up(tmp_path: Path) -> None:
-    # A JSON-quoted value may name a lone surrogate, which no UTF-8 answer can carry.
+def test_a_lone_surrogate_in_a_line_is_served_escaped(tmp_path: Path) -> None:
+    # A JSON-quoted value may name a lone surrogate, which no UTF-8 answer can carry (on
+    # main: the connection dropped, a traceback on stderr).
     ids = {"worker": "w9", "task": f"{RUN}-9", "row": 9, "run": RUN}
-    hostile = line(ts(9), "started", **ids) + r' body="\ud800"'
+    hostile = line(ts(9), "started", **ids) + r' body="\ud800\u202e"'
     d = served_over(tmp_path, [*run_lines(tasks=2), hostile])
     try:
-        code, headers, body = get(d.local + "/api/state")
-        assert code == 500, body
-        assert headers["Content-Type"] == "application/json"
-        assert "failed to answer (UnicodeEncodeError)" in json.loads(body)["error"]
+        code, _, body = get(d.local + "/api/state")
+        assert code == 200 and b"\\ud800\\u202e" in body and body.isascii()
         assert get(d.local + "/")[0] == 200 and get(d.local + "/metrics")[0] == 200
     finally:
         code = d.stop()
     assert code == 0 and no_traceback(d.err), d.err
-    assert "answering GET /api/state failed: UnicodeEncodeError" in d.err
+
+
+def test_a_failure_while_answering_gets_500_and_the_server_stays_up(
+    served, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    app, base = served()
+
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("\x1b[2Jboom")
+
+    app.state_json = broken
+    code, headers, body = get(base + "/api/state")
+    assert code == 500 and headers["Content-Type"] == "application/json"
+    assert "failed to answer (RuntimeError)" in json.loads(body)["error"]
+    assert get(base + "/")[0] == 200 and get(base + "/metrics")[0] == 200
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["answering GET /api/state failed: RuntimeError: \\x1b[2Jboom"]
 
 
 def closed_by_server(port: int, send: bytes = b"") -> bytes:

@@ -219,7 +219,9 @@ class Dashboard:
             snap = self.state.snapshot(
                 time.time(), since, epoch, queue, self.source.describe(), run_seen=run
             )
-        return json.dumps(snap, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # ASCII: a bidi override or C1 control from a line goes out escaped, and a lone
+        # surrogate (a JSON-quoted value may name one) as \udXXX, which UTF-8 cannot carry.
+        return json.dumps(snap, separators=(",", ":")).encode("ascii")
 
     def metrics_text(self) -> bytes:
         """/metrics: Prometheus text format."""
