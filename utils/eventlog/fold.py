@@ -253,12 +253,10 @@ class Fold(Generic[R]):
 
     # -- a task's attempts ----------------------------------------------------------------------
     def _started(self, ts: datetime, f: dict[str, str], life: WorkerLife | None) -> str:
-        task = f.get("task")
-        if not task:
-            return _without_task(f)
-        bad = _bad_numbers(ts, f)
-        if bad:
-            return bad
+        why = _unusable(ts, f)
+        if why is not None:
+            return why
+        task = f["task"]
         run = self._task_run(f)
         life = life or self._life(NO_WORKER, ts, STARTED, None)
         self.deliveries[self._queue_of(life, run)] += 1
@@ -344,12 +342,10 @@ class Fold(Generic[R]):
 
     def _task_step(self, ts: datetime, f: dict[str, str], life: WorkerLife | None) -> str:
         """dead_lettered, ack_lost, retry: a step in a task's life that ends no attempt."""
-        task = f.get("task")
-        if not task:
-            return _without_task(f)
-        bad = _bad_numbers(ts, f)
-        if bad:
-            return bad
+        why = _unusable(ts, f)
+        if why is not None:
+            return why
+        task = f["task"]
         run = self._task_run(f)
         if run is None:
             return ""
@@ -361,6 +357,14 @@ class Fold(Generic[R]):
         else:
             run.on_retry(task, row)
         return ""
+
+
+def _unusable(ts: datetime, f: dict[str, str]) -> str | None:
+    """Why a task's line is left out of the fold (what to say, '' for nothing), or None when
+    it can be folded: it names no task, or a number in it cannot be believed."""
+    if not f.get("task"):
+        return _without_task(f)
+    return _bad_numbers(ts, f) or None
 
 
 def _without_task(f: dict[str, str]) -> str:
