@@ -420,5 +420,6 @@ def test_on_an_80_column_terminal_the_report_wraps_prose_at_words(tmp_path):
     text = out.decode().replace("\r\n", "\n")
     assert proc.returncode == 1
     assert max(len(x) for x in text.splitlines()) <= 80, text
-    # The missing rows wrap at a comma and space, never inside a number.
-    assert "missing rows: 2, 3, 4" in text and re.search(r"\n +\d", text.split("missing rows")[1])
+    # The missing rows are ranges (issue 23); the resend hint wraps at words, never inside
+    # an option or a number.
+    assert "missing rows: 2-30" in text and re.search(r"--start-row 2\n +--limit 29", text)
