@@ -15,6 +15,7 @@ from datetime import datetime
 from inspector.schedule import greedy, lower_bound, lpt, round_robin
 from utils.eventlog.records import UNFINISHED, Run, TaskRecord, WorkerLife
 from utils.eventlog.schema import DONE, FAILED, REQUEUED
+from utils.rowset import RowSet
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Audit:
     once: list[int]
     duplicates: list[Redelivery]  # done more than once
     redelivered: list[Redelivery]  # delivered more than once but done once
-    missing: list[int]
+    missing: RowSet  # ranges: a manifest may claim 2*10^7 rows (utils/rowset.py)
     dead: list[int | None]
 
     @property
@@ -216,8 +217,8 @@ def _audit(run: Run, tasks: list[TaskRecord]) -> Audit:
         )
         (dups if len(t.done) > 1 else again).append(r)
     if not rows:  # the emitter's lines are gone: judge by the tasks we saw
-        rows = sorted(t.row for t in tasks if t.row is not None)
-    missing = [r for r in rows if r not in done_rows and r not in dead_rows]
+        rows = RowSet.of(t.row for t in tasks if t.row is not None)
+    missing = rows.without(done_rows | dead_rows)
     dead = sorted((t.row for t in tasks if t.dead_lettered), key=lambda r: r or 0)
     return Audit(len(rows) or len(tasks), once, dups, again, missing, dead)
 

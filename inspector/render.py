@@ -19,6 +19,7 @@ from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary
 from inspector.whereabouts import Whereabouts
 from utils.eventlog.records import UNFINISHED, Run, Skipped
 from utils.eventlog.schema import DONE, EMIT_DONE, REQUEUED
+from utils.rowset import RowSet
 from utils.text import plural, safe, wrap_prose
 
 #: Version of the --json layout (docs/REPORT.md); bump it when a field changes meaning.
@@ -31,7 +32,13 @@ WORKER_COLUMN = 14
 OUTCOME_NOTES = {REQUEUED: "given back"}
 
 
-def _rows_text(rows: list[int], limit: int = 12) -> str:
+#: Missing rows listed one by one in --json and --csv; past this, by ranges (docs/REPORT.md).
+MISSING_LISTED = 10_000
+
+
+def _rows_text(rows: list[int] | RowSet, limit: int = 12) -> str:
+    if isinstance(rows, RowSet):  # by ranges: 1-4, 6, 9-20000000
+        return rows.text(limit)
     text = ", ".join(str(r) for r in sorted(rows)[:limit])
     return text + (", …" if len(rows) > limit else "")
 
@@ -262,17 +269,12 @@ def next_steps(run: Run, s: RunSummary, w: Whereabouts | None) -> list[str]:
     return steps
 
 
-def _resend(run: Run, rows: list[int]) -> str:
+def _resend(run: Run, rows: RowSet) -> str:
     """The emit commands that send rows again, one per run of consecutive rows."""
     source = run.emitted.get("source")
     if not source or source in ("-", "--message"):
         return "to send the missing tasks again, run 'emit' with them"
-    spans: list[list[int]] = []
-    for r in sorted(rows):
-        if spans and r == spans[-1][1] + 1:
-            spans[-1][1] = r
-        else:
-            spans.append([r, r])
+    spans = rows.spans
     cmds = [f"'emit {source} --start-row {a} --limit {b - a + 1}'" for a, b in spans[:3]]
     more = f" and {len(spans) - 3} more" if len(spans) > 3 else ""
     return (
@@ -305,7 +307,7 @@ def _whereabouts_json(w: Whereabouts | None) -> dict[str, Any] | None:
         "in_progress_elsewhere": w.in_progress_elsewhere,
         "dead_unlogged": w.dead_unlogged,
         "unpublished": w.unpublished,
-        "left_queue": w.left,
+        "left_queue": w.left.first(MISSING_LISTED),
         "taken_elsewhere": w.taken_elsewhere,
         "evidence": w.evidence,
         "queue": None
@@ -394,7 +396,9 @@ def run_json(
             "done_once": au.once,
             "duplicates": [_redelivery_json(d) for d in au.duplicates],
             "redelivered": [_redelivery_json(d) for d in au.redelivered],
-            "missing": au.missing,
+            "missing": au.missing.first(MISSING_LISTED),
+            "missing_count": len(au.missing),
+            "missing_ranges": [list(span) for span in au.missing.spans],
             "dead_lettered": au.dead,
             "ok": au.ok,
         },
@@ -538,8 +542,13 @@ def report_csv(pairs: list[tuple[Run, RunSummary]], escaped: bool = False) -> st
                         str(t.dead_lettered).lower(),
                     ]
                 )
-        seen = {t.row for t in s.tasks}
-        for row in s.audit.missing:
-            if row not in seen:  # rows that no worker ever started
-                w.writerow([shown(s.run_id), row, *[""] * 8, "missing", 0, "false"])
+        # Rows that no worker ever started: one line each, the first MISSING_LISTED; past
+        # those, one line per range of rows ("A-B" in the row column).
+        never = s.audit.missing.without(t.row for t in s.tasks)
+        listed = never.head(MISSING_LISTED)
+        for row in listed:
+            w.writerow([shown(s.run_id), row, *[""] * 8, "missing", 0, "false"])
+        for first, last in never.without(listed).spans:
+            span = str(first) if first == last else f"{first}-{last}"
+            w.writerow([shown(s.run_id), span, *[""] * 8, "missing", 0, "false"])
     return out.getvalue()

@@ -24,6 +24,7 @@ from inspector.status import ManagementUnavailable, default_management_url, fetc
 from utils import rabbitmq
 from utils.errors import TaskToolError
 from utils.eventlog.records import UNFINISHED, LogSet, Run, TaskRecord
+from utils.rowset import RowSet
 from utils.settings import Settings, url_host, url_vhost
 from utils.text import plural
 
@@ -142,10 +143,10 @@ class Whereabouts:
     dead_unlogged: int = 0  # in the dead-letter queue, with no dead_lettered line here
     #: Not seen anywhere while emit has not logged its end: perhaps not published yet.
     unpublished: int = 0
-    left: list[int] = field(default_factory=list)  # rows that left the queue, not done here
+    left: RowSet = field(default_factory=RowSet)  # rows that left the queue, not done here
     taken_elsewhere: bool = False  # ... and the broker shows another consumer took them
     evidence: str = ""
-    missing: list[int] = field(default_factory=list)
+    missing: RowSet = field(default_factory=RowSet)
     #: Rows in progress on a worker of these logs (their latest delivery has no end yet).
     active: list[int] = field(default_factory=list)
     queue: QueueView | None = None
@@ -192,11 +193,10 @@ def _done_count(s: RunSummary) -> int:
 def _active(s: RunSummary, logs: LogSet) -> list[int]:
     """Rows not done whose latest delivery a worker started and, per the logs, still holds:
     no end, and that worker has neither stopped nor started afresh since."""
-    by_row = _by_row(s)
     rows = []
-    for row in s.audit.missing:
-        t = by_row.get(row)
-        if t is None or not t.attempts:
+    # The tasks seen, not the rows missing: a manifest may claim 2*10^7 of those.
+    for row, t in sorted(_by_row(s).items()):
+        if row not in s.audit.missing or not t.attempts:
             continue
         a = t.attempts[-1]
         life = logs.workers.get(a.worker)
@@ -221,17 +221,23 @@ def _from_logs(s: RunSummary, logs: LogSet, view: BrokerView | None) -> Whereabo
         _done_count(s),
         len(s.audit.dead),
         in_progress=len(active),
-        missing=[r for r in s.audit.missing if r not in active],
+        missing=s.audit.missing.without(active),
         active=active,
     )
 
 
-def _emit_order(s: RunSummary, rows: list[int], order: str) -> list[int]:
-    """Rows in the order they were published (longest-first: by dots, as the logs know)."""
+def _first_published(s: RunSummary, rows: RowSet, order: str, n: int) -> RowSet:
+    """The n of these rows published first (longest-first: by dots, as the logs know;
+    a row the logs have not seen counts as no dots, so those come last, by row)."""
     if order != "longest-first":
-        return sorted(rows)
-    by_row = _by_row(s)
-    return sorted(rows, key=lambda r: (-(by_row[r].dots if r in by_row else 0), r))
+        return rows.head(n)
+    dotted = sorted(
+        ((t.dots, r) for r, t in _by_row(s).items() if t.dots and r in rows),
+        key=lambda p: (-p[0], p[1]),
+    )
+    front = [r for _d, r in dotted[:n]]
+    rest = rows.without(front).head(n - len(front))
+    return RowSet([*rest.spans, *((r, r) for r in front)])
 
 
 def _share(
@@ -249,15 +255,14 @@ def _share(
     logged_dead = sum(len(s.audit.dead) for _r, s in peers)
     dead_extra = max(0, (q.dead or 0) - logged_dead)
     out: dict[str, Whereabouts] = {}
-    rest: dict[str, list[int]] = {}
+    rest: dict[str, RowSet] = {}
     for run, s in newest_first:
         w = Whereabouts("broker", note, _done_count(s), len(s.audit.dead), queue=q)
         w.in_progress = min(len(active[run.run_id]), unacked)
         w.active = active[run.run_id][: w.in_progress]
         unacked -= w.in_progress
         out[run.run_id] = w
-        idle = [r for r in s.audit.missing if r not in active[run.run_id]]
-        rest[run.run_id] = _emit_order(s, idle, run.emitted.get("order", "file"))
+        rest[run.run_id] = s.audit.missing.without(active[run.run_id])
     for run, s in newest_first:  # what is still in the queue is the newest work
         w, idle = out[run.run_id], rest[run.run_id]
         w.waiting = min(len(idle), ready)
@@ -267,11 +272,12 @@ def _share(
         w.dead_unlogged = min(len(idle) - w.waiting - w.in_progress_elsewhere, dead_extra)
         dead_extra -= w.dead_unlogged
         gone = len(idle) - w.waiting - w.in_progress_elsewhere - w.dead_unlogged
-        w.left = sorted(idle[:gone])  # first in, first out: the earliest left first
+        # First in, first out: the earliest published left first.
+        w.left = _first_published(s, idle, run.emitted.get("order", "file"), gone)
         if run.emit_status == "running":  # emit may still be publishing the rows not seen
-            seen = _by_row(s)
-            w.unpublished = sum(1 for r in w.left if r not in seen)
-            w.left = [r for r in w.left if r in seen]
+            seen = RowSet.of(r for r in _by_row(s) if r in w.left)
+            w.unpublished = len(w.left) - len(seen)
+            w.left = seen
     _judge_left(list(out.values()), logs, q)
     return out
 
@@ -312,4 +318,4 @@ def _judge_left(ws: list[Whereabouts], logs: LogSet, q: QueueView) -> None:
         w.taken_elsewhere = bool(w.left) and (
             foreign_now > 0 or (unseen is not None and unseen >= left)
         )
-        w.missing = [] if w.taken_elsewhere else list(w.left)
+        w.missing = RowSet() if w.taken_elsewhere else w.left

@@ -93,7 +93,7 @@ def test_report_mid_run_is_in_progress_not_missing_and_says_what_to_do(
         r"broker not reachable: .*localhost:1.*; judged from the logs alone", gone.stdout
     )
     assert "in progress, as the logs show: 1 task" in gone.stdout
-    assert "missing rows: 2, 3, 4, 5" in gone.stdout
+    assert "missing rows: 2-5" in gone.stdout
 
     # The worker dies mid-task: its task goes back to the queue, and nobody consumes it.
     w.kill()
@@ -126,10 +126,10 @@ def test_runs_sharing_a_queue_get_its_newest_messages_and_purged_tasks_are_missi
     assert run("tasks", "purge", "--yes", env=env).returncode == 0
     r = report(env, "--all")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "missing rows: 1, 2, 3 (neither done, in the queue, in progress nor dead-lettered)" in (
+    assert "missing rows: 1-3 (neither done, in the queue, in progress nor dead-lettered)" in (
         r.stdout
     )
-    assert "missing rows: 4, 5 (neither done" in r.stdout
+    assert "missing rows: 4-5 (neither done" in r.stdout
     assert f"'emit {source} --start-row 1 --limit 3'" in r.stdout
     assert f"'emit {source} --start-row 4 --limit 2'" in r.stdout
 
@@ -420,5 +420,6 @@ def test_on_an_80_column_terminal_the_report_wraps_prose_at_words(tmp_path):
     text = out.decode().replace("\r\n", "\n")
     assert proc.returncode == 1
     assert max(len(x) for x in text.splitlines()) <= 80, text
-    # The missing rows wrap at a comma and space, never inside a number.
-    assert "missing rows: 2, 3, 4" in text and re.search(r"\n +\d", text.split("missing rows")[1])
+    # The missing rows are ranges (issue 23); the resend hint wraps at words, never inside
+    # an option or a number.
+    assert "missing rows: 2-30" in text and re.search(r"--start-row 2\n +--limit 29", text)

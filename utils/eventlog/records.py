@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from utils.eventlog.format import parse_ts
 from utils.eventlog.schema import DONE, EMIT_DONE, EMIT_FAILED, EMIT_STARTED
+from utils.rowset import RowSet
 
 #: How an attempt ended: the name of the event that ended it (DONE, FAILED, REQUEUED), or
 #: UNFINISHED while nothing has.
@@ -83,13 +84,14 @@ class Run:
     emitter_reconnects: int = 0
 
     @property
-    def rows(self) -> list[int]:
-        """The rows the emitter said it sent (rows=A-B in emit_done or the manifest, else 1..total)."""
+    def rows(self) -> RowSet:
+        """The rows the emitter said it sent (rows=A-B in emit_done or the manifest, else
+        1..total), as a range: a manifest's claim costs no memory (utils/rowset.py)."""
         m = re.fullmatch(r"(\d+)-(\d+)", self.emitted.get("rows", ""))
         if m:
-            return list(range(int(m[1]), int(m[2]) + 1))
+            return RowSet([(int(m[1]), int(m[2]))])
         total = self.emitted.get("total")
-        return list(range(1, int(total) + 1)) if total and total.isdigit() else []
+        return RowSet([(1, int(total))]) if total and total.isdigit() else RowSet()
 
     @property
     def emit_status(self) -> str:
