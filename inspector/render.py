@@ -161,6 +161,7 @@ def render_audit(s: RunSummary, w: Whereabouts | None = None) -> list[str]:
     lines = [
         f"audit: {au.emitted} emitted, {len(au.once)} done once, {len(au.duplicates)} done "
         f"more than once, {len(au.missing)} missing, {len(au.dead)} dead-lettered"
+        + (f", {len(w.unjudged)} cannot be judged" if w is not None and w.unjudged else "")
     ]
     if w is not None:
         lines += [f"  {x}" for x in _whereabouts_lines(w)]
@@ -189,6 +190,14 @@ def render_audit(s: RunSummary, w: Whereabouts | None = None) -> list[str]:
 
 def _whereabouts_lines(w: Whereabouts) -> list[str]:
     """Where the tasks not done are: the broker's counts, or why they are unknown."""
+    if w.unjudged:
+        n = len(w.unjudged)
+        return [
+            f"{w.unjudged_why}: {'this row' if n == 1 else f'these {n} rows'} cannot be judged "
+            "(no done or dead_lettered line here, and the broker asked cannot say where "
+            f"{'it is' if n == 1 else 'they are'}): not called missing; rows "
+            f"{_rows_text(w.unjudged, 30)}"
+        ]
     if w.judged_from == "logs":
         lines = [w.note]
         if w.in_progress:
@@ -250,6 +259,13 @@ def _whereabouts_lines(w: Whereabouts) -> list[str]:
 def next_steps(run: Run, s: RunSummary, w: Whereabouts | None) -> list[str]:
     """What to do next, when there is something to do."""
     steps = []
+    if w is not None and w.unjudged:
+        emitted = run.emitted.get("url")
+        steps.append(
+            "ask the broker and vhost the run was emitted to: --url or AMQP_URL"
+            + (f" (its emit line says {safe(emitted, 200)})" if emitted else "")
+            + ", and --queue if it was another queue"
+        )
     if w is not None and w.running:
         if w.queue is not None and w.waiting and not w.queue.consumers:
             steps.append("no worker is consuming the queue: start one with 'work'")
@@ -308,6 +324,8 @@ def _whereabouts_json(w: Whereabouts | None) -> dict[str, Any] | None:
         "dead_unlogged": w.dead_unlogged,
         "unpublished": w.unpublished,
         "left_queue": w.left.first(MISSING_LISTED),
+        "cannot_judge": w.unjudged.first(MISSING_LISTED),
+        "cannot_judge_why": w.unjudged_why or None,
         "taken_elsewhere": w.taken_elsewhere,
         "evidence": w.evidence,
         "queue": None

@@ -14,9 +14,11 @@ tasks not done are"; in short:
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from inspector.analysis import RunSummary
 from inspector.runs import run_order
@@ -26,7 +28,7 @@ from utils.errors import TaskToolError
 from utils.eventlog.records import UNFINISHED, LogSet, Run, TaskRecord
 from utils.rowset import RowSet
 from utils.settings import Settings, url_host, url_vhost
-from utils.text import plural
+from utils.text import plural, safe
 
 #: The name our workers give their connections: "work NAME" (worker/loop.py).
 WORKER_CONNECTION = "work "
@@ -60,6 +62,9 @@ class BrokerView:
     note: str = ""  # why it was not reachable, or what the management API did not say
     queues: dict[str, QueueView] = field(default_factory=dict)
     management: bool = False  # the management API answered about every queue that exists
+    #: The broker asked, as amqp://host:port/vhost (no credentials), and every URL asked.
+    url: str = ""
+    asked: tuple[str, ...] = ()
 
 
 def look(settings: Settings, queues: list[str], ours: set[str]) -> BrokerView:
@@ -68,10 +73,11 @@ def look(settings: Settings, queues: list[str], ours: set[str]) -> BrokerView:
     ours: the worker names in the logs, to tell their consumers from other consumers.
     """
     where = ", ".join(url_host(u) for u in settings.urls)
+    asked = tuple(settings.urls)
     try:
         conn, url = rabbitmq.connect(settings, client_name="tasks report")
     except TaskToolError as exc:
-        return BrokerView(False, where, exc.message)
+        return BrokerView(False, where, exc.message, asked=asked)
     views: dict[str, QueueView] = {}
     try:
         for name in queues:
@@ -82,11 +88,13 @@ def look(settings: Settings, queues: list[str], ours: set[str]) -> BrokerView:
                 view.ready, view.consumers = counts
             views[name] = view
     except TaskToolError as exc:  # what asking may raise; none of it stops the report
-        return BrokerView(False, url_host(url), exc.message)
+        return BrokerView(False, url_host(url), exc.message, asked=asked)
     finally:
         if conn.is_open:
             conn.close()
-    out = BrokerView(True, url_host(url), queues=views, management=True)
+    out = BrokerView(
+        True, url_host(url), queues=views, management=True, url=broker_name(url), asked=asked
+    )
     api = settings.management_url or default_management_url(url)
     for view in views.values():
         if not view.exists:
@@ -144,6 +152,10 @@ class Whereabouts:
     #: Not seen anywhere while emit has not logged its end: perhaps not published yet.
     unpublished: int = 0
     left: RowSet = field(default_factory=RowSet)  # rows that left the queue, not done here
+    #: Rows not done that the broker asked cannot tell about (no such queue there, or the
+    #: run was emitted to another broker or vhost), and why: never called missing.
+    unjudged: RowSet = field(default_factory=RowSet)
+    unjudged_why: str = ""
     taken_elsewhere: bool = False  # ... and the broker shows another consumer took them
     evidence: str = ""
     missing: RowSet = field(default_factory=RowSet)
@@ -172,13 +184,78 @@ def locate(
     out = []
     for run, s in shown:
         queue = queue_of(run, default_queue)
+        other = emitted_elsewhere(run, view.asked) if view is not None else None
         if view is None or not view.reachable or queue not in view.queues:
-            out.append(_from_logs(s, logs, view))
+            w = _from_logs(s, logs, view)
+            if other is not None:
+                w.note += f" (this run was emitted to {other})"
+            out.append(w)
             continue
-        peers = [(r, x) for r, x in every if queue_of(r, default_queue) == queue]
+        if other is not None:
+            out.append(_unjudged(s, f"this run was emitted to {other}, not to {view.url}"))
+            continue
+        if not view.queues[queue].exists:
+            out.append(_unjudged(s, f"the queue {safe(queue, 200)} does not exist on {view.url}"))
+            continue
+        peers = [
+            (r, x)
+            for r, x in every
+            if queue_of(r, default_queue) == queue and emitted_elsewhere(r, view.asked) is None
+        ]
         shares = _share(peers, logs, view.queues[queue], view.note)
         out.append(shares[run.run_id])
     return out
+
+
+def _unjudged(s: RunSummary, why: str) -> Whereabouts:
+    """A run whose tasks not done the broker asked cannot tell about: named, not missing."""
+    w = Whereabouts("broker", why, _done_count(s), len(s.audit.dead), unjudged=s.audit.missing)
+    w.unjudged_why = why
+    return w
+
+
+def broker_name(url: str) -> str:
+    """amqp://host:port/vhost: which broker and vhost a URL names, with no credentials."""
+    parts = urlsplit(url)
+    vhost = url_vhost(url)
+    return f"{parts.scheme}://{url_host(url)}/{'' if vhost == '/' else quote(vhost, safe='')}"
+
+
+def _broker_key(url: str) -> tuple[frozenset[str], int, str] | None:
+    """What tells two brokers apart: the host's addresses, the port and the vhost (None
+    for a URL that does not parse, such as a hostile log line's)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme not in ("amqp", "amqps") or not host:
+        return None
+    return _addresses(host), port, url_vhost(url)
+
+
+@cache
+def _addresses(host: str) -> frozenset[str]:
+    """The host's addresses (localhost is 127.0.0.1 and ::1), or its name when it does not
+    resolve."""
+    try:
+        return frozenset(str(a[4][0]) for a in socket.getaddrinfo(host, None))
+    except (OSError, UnicodeError):
+        return frozenset([host.lower()])
+
+
+def emitted_elsewhere(run: Run, asked: tuple[str, ...]) -> str | None:
+    """The broker (amqp://host:port/vhost) the run's emit line says it was emitted to, when
+    that is none of the brokers asked; None when it is one of them, or is not known."""
+    theirs = _broker_key(run.emitted.get("url", ""))
+    if theirs is None or not asked:
+        return None
+    for url in asked:
+        ours = _broker_key(url)
+        if ours is None or (ours[1:] == theirs[1:] and ours[0] & theirs[0]):
+            return None
+    return safe(broker_name(run.emitted["url"]), 200)
 
 
 def queue_of(run: Run, default_queue: str) -> str:

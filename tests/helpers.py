@@ -375,6 +375,12 @@ def declare_like_the_tutorial(url: str, queue: str) -> None:
             conn.close()
 
 
+def declare_queue(url: str, queue: str) -> None:
+    """Declare the work queue as our tools do (durable, quorum), for a test that writes a
+    run's emit lines by hand: a report calls its tasks missing only where the queue exists."""
+    declare_like_the_tutorial(url, queue)
+
+
 def no_traceback(text: str) -> bool:
     return "Traceback" not in text
 

@@ -16,6 +16,7 @@ from tests.helpers import (
     BIN,
     SPAWNED,
     Proc,
+    declare_queue,
     events,
     queue_ready,
     run,
@@ -358,6 +359,7 @@ def test_text_timeline_never_cuts_a_row_number_and_marks_a_cold_stop(tmp_path):
 
 def test_rows_not_seen_while_emit_has_not_finished_may_be_unpublished_not_missing(env, queue, logs):
     # emit logged its start (5 rows) and nothing more yet; a worker did row 1.
+    declare_queue(env["AMQP_URL"], queue)  # emit declares it before its first line
     begun = line(0, "emit_started", run=R1, source="t.csv", queue=queue, order="file", total=5)
     write(logs / "emitter.log", [begun])
     write(logs / "worker-a.log", [started(0, "a", R1, 1), done(1, "a", R1, 1, 1.0)])

@@ -145,3 +145,55 @@ def test_queue_chooses_the_runs_of_that_queue_for_report_and_wait(env, queue):
         for q in (other["TASK_QUEUE"], f"{other['TASK_QUEUE']}.events"):
             conn.channel().queue_delete(q)
         conn.close()
+
+
+@pytest.fixture
+def other_vhost(broker_url: str) -> Iterator[str]:
+    """A second vhost on the test broker, where guest may do anything and no queue is."""
+    name = f"vh-{uuid.uuid4().hex[:6]}"
+    for args in (["add_vhost", name], ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"]):
+        r = broker_script("ctl", *args, BROKER_PORT=str(TEST_PORT))
+        assert r.returncode == 0, r.stdout + r.stderr
+    yield name
+    broker_script("ctl", "delete_vhost", name, BROKER_PORT=str(TEST_PORT))
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn.channel().queue_delete(queue)
+    finally:
+        conn.close()
+
+
+def test_a_report_whose_queue_does_not_exist_says_so_and_calls_nothing_missing(env, queue):
+    run_id = _emit_three(env)
+    _delete_queue(env["AMQP_URL"], queue)
+    r = run("tasks", "report", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr  # as for a run not judged yet
+    said = " ".join(r.stdout.split())
+    assert f"the queue {queue} does not exist on amqp://localhost:{TEST_PORT}/:" in said, said
+    assert "these 3 rows cannot be judged" in said and "3 cannot be judged" in said
+    assert "0 missing" in said and "missing rows" not in said
+    assert "--start-row" not in said and "send the missing" not in said
+    assert "guest:guest" not in said and no_traceback(r.stderr)
+    doc = json.loads(run("tasks", "report", "--json", "--run", run_id, env=env).stdout)
+    where = doc["runs"][-1]["whereabouts"]
+    assert where["cannot_judge"] == [1, 2, 3] and doc["runs"][-1]["audit"]["missing"] == []
+
+
+def test_a_run_emitted_to_another_vhost_is_named_as_such_not_missing(env, queue, other_vhost):
+    _emit_three(env)
+    elsewhere = env["AMQP_URL"].replace("/%2F", f"/{other_vhost}")
+    r = run("tasks", "report", "--url", elsewhere, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    said = " ".join(r.stdout.split())
+    assert (
+        f"this run was emitted to amqp://localhost:{TEST_PORT}/, not to "
+        f"amqp://localhost:{TEST_PORT}/{other_vhost}: these 3 rows cannot be judged" in said
+    ), said
+    assert "missing rows" not in said and "--start-row" not in said
+    assert no_traceback(r.stderr)
+    # The same report on the broker it was emitted to judges it: 3 waiting, none missing.
+    r = run("tasks", "report", env=env)
+    assert "waiting 3" in " ".join(r.stdout.split()) and "cannot be judged" not in r.stdout
