@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary, times
+from inspector.results import job_json
 from inspector.whereabouts import Whereabouts
+from utils.eventlog.jobs import JobRecord
 from utils.eventlog.records import UNFINISHED, Run, Skipped
 from utils.eventlog.schema import DONE, EMIT_DONE, REQUEUED
 from utils.text import plural, safe, wrap_prose
@@ -381,6 +383,7 @@ def run_json(
                         "attempt": a.attempt,
                         "redelivered": a.redelivered,
                         "outcome": a.outcome,
+                        **job_json(a.job),
                     }
                     for a in t.attempts
                 ],
@@ -491,7 +494,18 @@ CSV_COLUMNS = [
     "outcome",
     "times_done",
     "dead_lettered",
+    "exit_code",
+    "signal",
 ]
+
+
+def _exit_status(job: JobRecord | None) -> tuple[Any, Any]:
+    """An attempt's exit_code and signal columns ("" where none)."""
+    if job is None:
+        return "", ""
+    return ("" if job.exit_code is None else job.exit_code), (
+        "" if job.signal is None else job.signal
+    )
 
 
 def report_csv(pairs: list[tuple[Run, RunSummary]]) -> str:
@@ -517,10 +531,13 @@ def report_csv(pairs: list[tuple[Run, RunSummary]]) -> str:
                         a.outcome,
                         len(t.done),
                         str(t.dead_lettered).lower(),
+                        *_exit_status(a.job),
                     ]
                 )
         seen = {t.row for t in s.tasks}
         for row in s.audit.missing:
             if row not in seen:  # rows that no worker ever started
-                w.writerow([s.run_id, row, "", "", "", "", "", "", "", "", "missing", 0, "false"])
+                w.writerow(
+                    [s.run_id, row, "", "", "", "", "", "", "", "", "missing", 0, "false", "", ""]
+                )
     return out.getvalue()
