@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from inspector.analysis import Figures, Redelivery, RunSummary, UntrackedSummary, times
+from inspector.results import job_json
 from inspector.whereabouts import Whereabouts
+from utils.eventlog.jobs import JobRecord
 from utils.eventlog.records import UNFINISHED, Run, Skipped
 from utils.eventlog.schema import DONE, EMIT_DONE, REQUEUED
 from utils.rowset import RowSet
@@ -403,6 +405,7 @@ def run_json(
                         "attempt": a.attempt,
                         "redelivered": a.redelivered,
                         "outcome": a.outcome,
+                        **job_json(a.job),
                     }
                     for a in t.attempts
                 ],
@@ -527,7 +530,18 @@ CSV_COLUMNS = [
     "outcome",
     "times_done",
     "dead_lettered",
+    "exit_code",
+    "signal",
 ]
+
+
+def _exit_status(job: JobRecord | None) -> tuple[Any, Any]:
+    """An attempt's exit_code and signal columns ("" where none)."""
+    if job is None:
+        return "", ""
+    return ("" if job.exit_code is None else job.exit_code), (
+        "" if job.signal is None else job.signal
+    )
 
 
 def report_csv(pairs: list[tuple[Run, RunSummary]], escaped: bool = False) -> str:
@@ -558,6 +572,7 @@ def report_csv(pairs: list[tuple[Run, RunSummary]], escaped: bool = False) -> st
                         a.outcome,
                         len(t.done),
                         str(t.dead_lettered).lower(),
+                        *_exit_status(a.job),
                     ]
                 )
         # Rows that no worker ever started: one line each, the first MISSING_LISTED; past
@@ -565,8 +580,8 @@ def report_csv(pairs: list[tuple[Run, RunSummary]], escaped: bool = False) -> st
         never = s.audit.missing.without(t.row for t in s.tasks)
         listed = never.head(MISSING_LISTED)
         for row in listed:
-            w.writerow([shown(s.run_id), row, *[""] * 8, "missing", 0, "false"])
+            w.writerow([shown(s.run_id), row, *[""] * 8, "missing", 0, "false", "", ""])
         for first, last in never.without(listed).spans:
             span = str(first) if first == last else f"{first}-{last}"
-            w.writerow([shown(s.run_id), span, *[""] * 8, "missing", 0, "false"])
+            w.writerow([shown(s.run_id), span, *[""] * 8, "missing", 0, "false", "", ""])
     return out.getvalue()

@@ -15,6 +15,7 @@ import click
 from utils.errors import ExitCode, TaskToolError
 from utils.eventlog.log import EventLog
 from utils.eventlog.schema import WORKER_STOPPED
+from utils.eventlog.stream import parse_size
 from utils.options import (
     EnvOption,
     broker_options,
@@ -27,11 +28,19 @@ from utils.options import (
 )
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
+from worker.results import ResultsStore
 from worker.terminal import Terminal
 
 
 def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def log_path(log_dir: Path, name: str) -> Path:
@@ -62,6 +71,13 @@ def log_path(log_dir: Path, name: str) -> Path:
     "--shell",
     is_flag=True,
     help="Run --exec through /bin/sh (only then do quotes, pipes and ; mean anything).",
+)
+@click.option(
+    "--max-output",
+    metavar="SIZE",
+    callback=lambda ctx, param, v: None if v is None else _size(v),
+    help="Keep at most SIZE bytes of each of a command's stdout and stderr (e.g. 10MB); "
+    "the rest is read and dropped, and its record says truncated. [default: keep everything]",
 )
 @click.option(
     "--prefetch",
@@ -117,6 +133,7 @@ def main(
     seconds_per_dot,
     command,
     shell,
+    max_output,
     prefetch,
     max_tasks,
     exit_when_idle,
@@ -141,9 +158,12 @@ def main(
     """
     name = name or default_name()
     settings = make_settings(urls, queue, queue_type, log_dir, heartbeat)
-    handler: Handler = RunCommand(command, shell) if command else DotSleep(seconds_per_dot)
+    results = ResultsStore(log_dir, max_output)
+    handler: Handler = RunCommand(command, shell, results) if command else DotSleep(seconds_per_dot)
     if shell and not command:
         raise click.BadParameter("--shell only goes with --exec", param_hint="--shell")
+    if max_output is not None and not command:
+        raise click.BadParameter("--max-output only goes with --exec", param_hint="--max-output")
     opts = WorkerOptions(
         name=name,
         prefetch=prefetch,

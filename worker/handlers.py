@@ -7,13 +7,10 @@ import shlex
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from utils.task import Task
-from utils.text import plural
-
-#: Captured output of a command is cut to this many characters in the log.
-OUTPUT_CHARS = 2000
+from worker.results import Job, ResultsStore, run_job
 
 #: Our own settings, never handed to a command: the broker URL (password included), and
 #: every TASK_* / TASKS_* setting (the management URL, the TLS files, the dashboard's token).
@@ -27,14 +24,30 @@ MAX_ENV_BYTES = 131072
 class TaskFailed(Exception):
     """The task did not succeed; the message says why, in a few words."""
 
-    def __init__(self, reason: str, output: str = "") -> None:
+    def __init__(self, reason: str, output: str = "", job: Job | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.output = output
+        self.job = job  # an --exec attempt's record
 
 
 class Cancelled(Exception):
     """The worker asked the task to stop (a cold stop or a time-out)."""
+
+    def __init__(self, job: Job | None = None) -> None:
+        super().__init__()
+        self.job = job
+
+
+class Output(str):
+    """What a handler returns for the log, with an --exec attempt's record."""
+
+    job: Job | None
+
+    def __new__(cls, text: str, job: Job | None) -> Output:
+        out = super().__new__(cls, text)
+        out.job = job
+        return out
 
 
 #: A handler runs one task in a worker thread. It returns text for the log (or ""),
@@ -61,10 +74,13 @@ class DotSleep:
 
 @dataclass(frozen=True)
 class RunCommand:
-    """Run a command for each task: the body on stdin and in TASK_BODY; exit 0 means done."""
+    """Run a command for each task: the body on stdin and in TASK_BODY; exit 0 means done.
+
+    Its stdout and stderr are streamed apart into `results` (worker/results.py)."""
 
     command: str
     shell: bool = False
+    results: ResultsStore = field(default_factory=lambda: ResultsStore(None))
 
     def argv(self) -> list[str] | str:
         return self.command if self.shell else shlex.split(self.command)
@@ -72,34 +88,31 @@ class RunCommand:
     def __call__(self, task: Task, cancel: threading.Event) -> str:
         env = child_environment(os.environ, task)
         try:
+            job = self.results.open(task)
+        except OSError as exc:
+            raise TaskFailed(
+                f"could not keep the command's output: {exc.strerror or exc}"
+            ) from None
+        try:
             proc = subprocess.Popen(
                 self.argv(),
                 shell=self.shell,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.PIPE,
                 env=env,
                 start_new_session=True,
             )
         except OSError as exc:
+            job.stdout.close()
+            job.stderr.close()
             raise TaskFailed(f"could not run the command: {exc.strerror or exc}") from None
-        data: bytes | None = task.body.encode("utf-8")
-        out = b""
-        while True:
-            try:
-                out, _ = proc.communicate(data, timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                data = None  # stdin was written on the first call
-                if cancel.is_set():
-                    _kill(proc)
-                    raise Cancelled() from None
-        text = out.decode("utf-8", "replace")
-        if len(text) > OUTPUT_CHARS:
-            text = text[:OUTPUT_CHARS] + f"… ({plural(len(text) - OUTPUT_CHARS, 'more character')})"
-        if proc.returncode != 0:
-            raise TaskFailed(f"command exited with code {proc.returncode}", text)
-        return text
+        if not run_job(proc, task.body.encode("utf-8", "surrogatepass"), job, cancel):
+            raise Cancelled(job)
+        reason = job.why_failed()
+        if reason:
+            raise TaskFailed(reason, job.stderr.tail_text() or job.stdout.tail_text(), job)
+        return Output(job.stdout.tail_text(), job)
 
 
 def child_environment(environ: Mapping[str, str], task: Task) -> dict[str, str]:
@@ -123,11 +136,3 @@ def child_environment(environ: Mapping[str, str], task: Task) -> dict[str, str]:
     else:
         env["TASK_BODY_BYTES"] = str(size)
     return env
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, 9)
-    except OSError:
-        proc.kill()
-    proc.wait()

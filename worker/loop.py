@@ -416,21 +416,29 @@ class Worker:
                 "attempt": task.attempt,
                 "output": detail.strip() or None,
             }
+            job = self._runner.job
+            if job is not None and not instant:
+                done.update(job.fields())
             if instant:
                 self.log.defer(ev.DONE, done)
             else:
                 self.log.event(ev.DONE, **done)
         elif outcome is FAILED:
             self.tally.failed += 1
-            self.log.event(
-                ev.FAILED,
-                worker=self.opts.name,
-                **ids,
-                attempt=task.attempt,
-                of=self.opts.max_attempts,
-                seconds=seconds,
-                reason=shorten(detail, 300),
-            )
+            failed = {
+                "worker": self.opts.name,
+                "task": task.task_id,
+                "row": task.row,
+                "run": task.run_id,
+                "attempt": task.attempt,
+                "of": self.opts.max_attempts,
+                "seconds": seconds,
+                "reason": shorten(detail, 300),
+            }
+            job = self._runner.job
+            if job is not None:
+                failed.update(job.fields())
+            self.log.event(ev.FAILED, **failed)
 
     def _settle_outcome(
         self,

@@ -15,6 +15,7 @@ from utils.errors import ConnectionLost
 from utils.task import Task
 from worker.consumer import Consumer
 from worker.handlers import Cancelled, Handler, TaskFailed
+from worker.results import Job
 from worker.settle import Outcome
 from worker.stop import TICK, TwoStageStop
 
@@ -40,6 +41,8 @@ class TaskRunner:
         #: unless the broker took it back (consumer_timeout), which stops it.
         self.on_lost = on_lost
         self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="task")
+        #: The last attempt's --exec record (worker/results.py), or None.
+        self.job: Job | None = None
 
     def run(self, task: Task, consumer: Consumer) -> tuple[Outcome, str]:
         """Run the handler, pumping heartbeats while it works; (outcome, output or reason)."""
@@ -51,6 +54,7 @@ class TaskRunner:
 
     def _run(self, task: Task, consumer: Consumer) -> tuple[Outcome, str]:
         self.cancel.clear()
+        self.job = None
         future = self._pool.submit(self.handler, task, self.cancel)
         deadline = time.monotonic() + self.task_timeout if self.task_timeout else None
         timed_out = False
@@ -59,10 +63,12 @@ class TaskRunner:
         while True:
             try:
                 output = future.result(timeout=TICK)
+                self.job = getattr(output, "job", None)
                 return Outcome.DONE, output or ""
             except cf.TimeoutError:
                 pass
-            except Cancelled:
+            except Cancelled as exc:
+                self.job = exc.job
                 if taken_back:
                     return Outcome.TAKEN_BACK, taken_back
                 if self.stop.stage == 2:
@@ -71,6 +77,7 @@ class TaskRunner:
                     return Outcome.FAILED, f"timed out after {self.task_timeout:g} s"
                 return Outcome.FAILED, "cancelled"
             except TaskFailed as exc:
+                self.job = exc.job
                 if taken_back:  # it failed as it was being stopped: not an attempt of its own
                     return Outcome.TAKEN_BACK, taken_back
                 out = exc.output.strip()

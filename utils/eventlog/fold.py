@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
 from utils.eventlog.format import parse_ts
+from utils.eventlog.jobs import job_record
 from utils.eventlog.records import (
     EMIT_ENDINGS,
     UNFINISHED,
@@ -336,6 +337,7 @@ class Fold(Generic[R]):
         if ev == FAILED:
             a.said, a.of = _int(f.get("attempt")), _int(f.get("of"))
         a.seconds = secs if secs is not None else (ts - a.start).total_seconds()
+        a.job = job_record(f)
         if run is not None:
             run.on_ended(a, row, found)
         return ""

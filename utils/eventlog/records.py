@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from utils.eventlog.format import parse_ts
+from utils.eventlog.jobs import JobRecord
 from utils.eventlog.schema import DONE, EMIT_DONE, EMIT_FAILED, EMIT_STARTED
 from utils.rowset import RowSet
 
@@ -48,6 +49,8 @@ class Attempt:
     #: What a failure's line says: "attempt `said` of `of`" (of: --max-attempts).
     said: int | None = None
     of: int | None = None
+    #: An --exec attempt's record: exit code or signal, host, its results (jobs.py).
+    job: JobRecord | None = None
 
 
 @dataclass

@@ -234,6 +234,19 @@ DROPPED = _event(
 
 # -- a task's attempts --------------------------------------------------------------------------
 _TASK = {"worker": "text", "task": "text", "row": "int?", "run": "text?"}
+#: An --exec attempt's record on its done or failed line (worker/results.py): the exit
+#: code, or the signal that ended the command; its results folder (relative to the log
+#: folder), each output's kept size and sha256, and which outputs --max-output cut.
+JOB_FIELDS = {
+    "exit_code": "int?",
+    "signal": "int?",
+    "results": "text?",
+    "stdout_bytes": "int?",
+    "stdout_sha256": "text?",
+    "stderr_bytes": "int?",
+    "stderr_sha256": "text?",
+    "truncated": "text?",
+}
 STARTED = _event(
     "started",
     WORK,
@@ -254,6 +267,7 @@ DONE = _event(
     attempt="int",
     output="text?",
     note="text?",
+    **JOB_FIELDS,
 )
 FAILED = _event(
     "failed",
@@ -264,6 +278,7 @@ FAILED = _event(
     of="int?",
     seconds="number?",
     reason="text",
+    **JOB_FIELDS,
 )
 RETRY = _event(
     "retry",
