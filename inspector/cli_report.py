@@ -13,13 +13,8 @@ import click
 
 from inspector import timeline
 from inspector.analysis import RunSummary, summarise_run, summarise_untracked
-from inspector.render import (
-    json_text,
-    render_text,
-    render_untracked,
-    report_csv,
-    report_json,
-)
+from inspector.render import render_text, render_untracked
+from inspector.render_data import json_text, report_csv, report_json
 from inspector.runs import (
     all_runs,
     latest_run,
