@@ -89,7 +89,7 @@ def utils_imports_no_command(root: Path) -> list[str]:
 #: the rabbitmq wing, then the eventlog wing (its stream publishes through rabbitmq), then the
 #: command line's shared options (any other module of utils/).
 FLOORS = (
-    ("utils.settings", "utils.errors", "utils.task", "utils.text"),
+    ("utils.settings", "utils.errors", "utils.task", "utils.text", "utils.rowset"),
     ("utils.rabbitmq",),
     ("utils.eventlog",),
 )
