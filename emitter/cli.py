@@ -14,10 +14,7 @@ import click
 from emitter.emit import EmitOptions, EmitReport, emit_rows, failure_summary
 from emitter.publisher import DEFAULT_WINDOW
 from emitter.source import CsvOptions, ReadStats, iter_rows, open_source, validate_file
-from utils.errors import BadInput, ExitCode
-from utils.eventlog.format import BODY_CHARS
-from utils.eventlog.log import EventLog
-from utils.options import (
+from utils.cli import (
     EnvOption,
     broker_options,
     consumer_timeout_option,
@@ -28,6 +25,9 @@ from utils.options import (
     management_url_option,
     open_events,
 )
+from utils.errors import BadInput, ExitCode
+from utils.eventlog.format import BODY_CHARS
+from utils.eventlog.log import EventLog
 from utils.settings import DEFAULT_QUEUE, mask_url, url_vhost
 from utils.text import plural, safe
 

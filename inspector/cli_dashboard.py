@@ -19,14 +19,14 @@ from inspector.dashboard.server import (
 )
 from inspector.dashboard.sources import LogTail
 from inspector.dashboard.state import DashboardState
-from utils.errors import BadInput
-from utils.options import (
+from utils.cli import (
     EnvOption,
     broker_options,
     handle_errors,
     make_settings,
     management_url_option,
 )
+from utils.errors import BadInput
 
 
 @click.command()

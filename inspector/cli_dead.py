@@ -9,15 +9,15 @@ from typing import Any
 import click
 
 from utils import rabbitmq
-from utils.errors import ConnectionLost, PublishRefused
-from utils.eventlog.format import BODY_CHARS
-from utils.options import (
+from utils.cli import (
     broker_options,
     consumer_timeout_option,
     handle_errors,
     make_settings,
     management_url_option,
 )
+from utils.errors import ConnectionLost, PublishRefused
+from utils.eventlog.format import BODY_CHARS
 from utils.task import ATTEMPT_HEADERS, delivery_ids, failure_reason
 from utils.text import plural, safe
 

@@ -11,8 +11,7 @@ import click
 
 from inspector.status import gather, render
 from utils import rabbitmq
-from utils.errors import ExitCode, NothingToDo, TaskToolError
-from utils.options import (
+from utils.cli import (
     broker_options,
     echo_prose,
     echo_safe,
@@ -20,6 +19,7 @@ from utils.options import (
     make_settings,
     management_url_option,
 )
+from utils.errors import ExitCode, NothingToDo, TaskToolError
 from utils.settings import Settings, url_host
 from utils.text import plural
 

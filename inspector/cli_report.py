@@ -25,11 +25,7 @@ from inspector.runs import (
 )
 from inspector.stream import read_broker, set_aside_notes
 from inspector.whereabouts import Whereabouts, locate, look, queue_of
-from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
-from utils.eventlog.format import parse_ts
-from utils.eventlog.records import LogSet, Run
-from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
-from utils.options import (
+from utils.cli import (
     broker_options,
     echo_prose,
     echo_safe,
@@ -38,6 +34,10 @@ from utils.options import (
     management_url_option,
     trust_option,
 )
+from utils.errors import BadInput, ExitCode, NothingToDo, TaskToolError
+from utils.eventlog.format import parse_ts
+from utils.eventlog.records import LogSet, Run
+from utils.eventlog.schema import EMIT_DONE, EMIT_STARTED
 from utils.settings import DEFAULT_QUEUE, Settings
 from utils.text import plural, prose_width, safe
 

@@ -28,9 +28,8 @@ PIKA_FILES = ("utils/task.py", "emitter/fastpath.py", "worker/fastack.py")
 PIKA_DIRS = ("utils/rabbitmq/",)
 #: Where pika's privates may be touched: the one door for them, and the two fast paths.
 PRIVATE_FILES = ("utils/rabbitmq/internals.py", "emitter/fastpath.py", "worker/fastack.py")
-#: Where click may be imported, besides any */cli*.py. (utils/options.py until its rename
-#: to utils/cli.py, in a commit of its own.)
-CLICK_FILES = ("utils/cli.py", "utils/options.py")
+#: Where click may be imported, besides any */cli*.py.
+CLICK_FILES = ("utils/cli.py",)
 SCHEMA = "utils/eventlog/schema.py"
 MAX_FILE_LINES = 500
 MAX_BODY_LINES = 80

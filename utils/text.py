@@ -1,6 +1,6 @@
 """Words for a person: counts in words, and prose wrapped at the terminal's width.
 
-Plain text only: printing it is the command line's (utils/options.py's echo_prose).
+Plain text only: printing it is the command line's (utils/cli.py's echo_prose).
 """
 
 from __future__ import annotations

@@ -12,11 +12,7 @@ from pathlib import Path
 
 import click
 
-from utils.errors import ExitCode, TaskToolError
-from utils.eventlog.log import EventLog
-from utils.eventlog.schema import WORKER_STOPPED
-from utils.eventlog.stream import parse_size
-from utils.options import (
+from utils.cli import (
     EnvOption,
     broker_options,
     consumer_timeout_option,
@@ -26,6 +22,10 @@ from utils.options import (
     management_url_option,
     open_events,
 )
+from utils.errors import ExitCode, TaskToolError
+from utils.eventlog.log import EventLog
+from utils.eventlog.schema import WORKER_STOPPED
+from utils.eventlog.stream import parse_size
 from worker.handlers import DotSleep, Handler, RunCommand
 from worker.loop import Worker, WorkerOptions
 from worker.results import ResultsStore
