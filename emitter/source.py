@@ -173,7 +173,7 @@ def _header_column(header: list[str], column: str | None, name: str) -> int | No
         return None
     if column in header:
         return header.index(column)
-    if column.isdigit():
+    if column.isdecimal():
         return _index_column(column, name)
     raise BadInput(
         f"{name}:1: the header has no column '{column}' (it has: {', '.join(header)})",
@@ -182,7 +182,7 @@ def _header_column(header: list[str], column: str | None, name: str) -> int | No
 
 
 def _index_column(column: str, name: str) -> int:
-    if not column.isdigit() or int(column) < 1:
+    if not column.isdecimal() or int(column) < 1:
         raise BadInput(
             f"--column '{column}' is not a column number, and {name} has no header to name it",
             "give a 1-based column number, or add --header if the first line names the columns",

@@ -15,6 +15,7 @@ import pytest
 from inspector.stream import read_stream
 from tests.helpers import (
     broker_report,
+    declare_queue,
     events,
     run,
     spawn,
@@ -256,6 +257,7 @@ def test_rows_a_killed_worker_finished_unsent_are_missing_from_the_stream_with_a
         [*(at(2, x) for x in task_lines("calm", 1))],
         [at(3, format_event("worker_stopped", worker="calm"))],
     ]
+    declare_queue(env["AMQP_URL"], queue)  # where the queue is not, nothing can be missing
     conn, _url = rabbitmq.connect(settings)
     try:
         rabbitmq.declare_stream(conn, stream_name(queue), EventsConfig().arguments())

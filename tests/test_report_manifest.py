@@ -85,7 +85,7 @@ def test_a_forged_manifest_of_2e7_rows_is_reported_by_ranges_in_bounded_memory(l
     lines = out.splitlines()
     # One line per row up to MISSING_LISTED, then one per range; plus the header and row 5.
     assert len(lines) == 1 + 1 + MISSING_LISTED + 1, lines[-3:]
-    assert lines[-1] == f"{RUN},{MISSING_LISTED + 2}-{CLAIMED},,,,,,,,,missing,0,false"
+    assert lines[-1] == f"{RUN},{MISSING_LISTED + 2}-{CLAIMED},,,,,,,,,missing,0,false,,"
 
 
 def test_the_whereabouts_of_2e7_claimed_rows_are_ranges_against_the_queue_counts(logs):

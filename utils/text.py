@@ -23,7 +23,7 @@ def terminal_width(stream: TextIO) -> int:
     The stream's own: stderr may go to a terminal while stdout goes to a pipe.
     """
     env = os.environ.get("COLUMNS", "")
-    if env.isdigit() and int(env) > 0:
+    if env.isdecimal() and int(env) > 0:
         return int(env)
     try:
         columns = os.get_terminal_size(stream.fileno()).columns

@@ -32,7 +32,7 @@ from utils.task import Task
 #: The folder under the log folder that holds every run's results.
 RESULTS_DIR = "results"
 #: How much of a command's output its log line keeps (the end of it), in bytes.
-TAIL_BYTES = 500
+TAIL_BYTES = 2000
 #: One read from a command's pipe.
 CHUNK = 65536
 #: How often a running command is checked for a cancel (a cold stop, a time-out), in seconds.

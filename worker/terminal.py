@@ -52,7 +52,9 @@ COLOURS = {
     ev.SHUTDOWN_COLD: "33",
 }
 #: Fields the terminal never shows: who and which run is in the file name and the log.
-_HIDDEN = frozenset(("worker", "run", "task", "row", "dots", "note"))
+#: The job record (exit status, host, results' sizes and sha256) stays in the log file and
+#: the report (docs/WORKER.md): on the terminal the reason says how the command ended.
+_HIDDEN = frozenset(("worker", "run", "task", "row", "dots", "note", "host", *ev.JOB_FIELDS))
 
 
 def colour_wanted(environ: dict[str, str] | None = None) -> bool:

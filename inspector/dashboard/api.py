@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from utils.eventlog.records import WorkerLife
+from utils.text import safe
 
 if TYPE_CHECKING:
     from inspector.dashboard.state import DashboardState, RunView
@@ -225,4 +226,4 @@ def _number(v: float) -> str:
 
 def _label(value: str) -> str:
     """A Prometheus label value, escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return safe(value).replace('"', '\\"')

@@ -54,7 +54,7 @@ def epoch(ts: str | None) -> float | None:
 
 
 def _int(value: str | None) -> int | None:
-    if value is None or not value.lstrip("-").isdigit():
+    if value is None or not value.lstrip("-").isdecimal():
         return None
     return int(value)
 

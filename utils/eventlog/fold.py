@@ -74,7 +74,7 @@ _RUN_TIME = re.compile(r"(\d{8}T\d{6})-")
 
 
 def _int(value: str | None) -> int | None:
-    if not value or len(value) > 20 or not value.lstrip("-").isdigit():
+    if not value or len(value) > 20 or not value.lstrip("-").isdecimal():
         return None
     n = int(value)
     return n if -MAX_ROW <= n <= MAX_ROW else None
@@ -84,7 +84,7 @@ def _bad_numbers(ts: datetime, f: dict[str, str]) -> str:
     """Why a task line's row, attempt or time cannot be believed, or ''."""
     for key in ("row", "attempt", "of", "dots"):
         v = f.get(key)
-        if v and not (v.isdigit() and len(v) <= 13 and int(v) <= MAX_ROW):
+        if v and not (v.isdecimal() and len(v) <= 13 and int(v) <= MAX_ROW):
             return f"{f['event']} event with a bad value ({key}={v[:20]})"
     m = _RUN_TIME.match(f.get("run", ""))
     if m:
@@ -248,7 +248,7 @@ class Fold(Generic[R]):
         ev = f["event"]
         run.emitted.update({k: v for k, v in f.items() if k != "ts"})
         run.emitted[ev] = f["ts"]
-        if ev in EMIT_ENDINGS and f.get("republished", "0").isdigit():
+        if ev in EMIT_ENDINGS and f.get("republished", "0").isdecimal():
             run.republished = int(f.get("republished", "0"))
         return ""
 

@@ -37,7 +37,7 @@ def _count(f: dict[str, str], key: str, bad: list[str]) -> int | None:
     v = f.get(key)
     if v is None:
         return None
-    if v.isdigit() and len(v) <= 15 and int(v) < _MAX_INT:
+    if v.isdecimal() and len(v) <= 15 and int(v) < _MAX_INT:
         return int(v)
     bad.append(f"{key}={v[:20]!r} is not a count")
     return None

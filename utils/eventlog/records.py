@@ -94,7 +94,7 @@ class Run:
         if m:
             return RowSet([(int(m[1]), int(m[2]))])
         total = self.emitted.get("total")
-        return RowSet([(1, int(total))]) if total and total.isdigit() else RowSet()
+        return RowSet([(1, int(total))]) if total and total.isdecimal() else RowSet()
 
     @property
     def emit_status(self) -> str:

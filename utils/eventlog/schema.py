@@ -369,7 +369,7 @@ def problems(fields: dict[str, str]) -> list[str]:
 
 def _looks(kind: str, value: str) -> bool:
     if kind == "int":
-        return value.lstrip("-").isdigit()
+        return value.lstrip("-").isdecimal()
     if kind == "bool":
         return value in ("true", "false")
     if kind == "number":
