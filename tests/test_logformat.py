@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from utils.eventlog import format as logformat
-from utils.eventlog.format import format_event, parse_line
+from utils.eventlog.format import format_event, parse_line, read_int
 
 
 def test_log_lines_round_trip_with_awkward_values():
@@ -81,3 +81,10 @@ def test_log_values_are_bare_or_json_strings_as_before(value):
         assert logformat.parse_line(f"ts=2026-01-01T00:00:00.000Z event=e k={want}")["k"] == str(
             value
         )
+
+
+def test_read_int_takes_bounded_decimal_numbers_and_refuses_the_rest_without_raising():
+    assert read_int("42", 100) == 42 and read_int("-42", 100) == -42
+    assert read_int("101", 100) is None and read_int("-101", 100) is None
+    for bad in (None, "", "-", "²", "1.5", "1e3", "inf", " 1", "9" * 5000):
+        assert read_int(bad, 10**12) is None, bad

@@ -19,7 +19,8 @@ from typing import Any
 
 from inspector.dashboard import api
 from inspector.dashboard.api import ONLINE, seen
-from utils.eventlog.fold import Fold
+from utils.eventlog.fold import MAX_ROW, Fold
+from utils.eventlog.format import read_int
 from utils.eventlog.records import EMIT_UNKNOWN, Attempt, Run, WorkerLife, event_time
 from utils.eventlog.schema import DONE, EMIT_STARTED, FAILED
 from utils.settings import mask_url
@@ -51,12 +52,6 @@ def epoch(ts: str | None) -> float | None:
     """Seconds since the epoch of a log timestamp, or None when it is not one."""
     t = event_time(ts)
     return None if t is None else t.timestamp()
-
-
-def _int(value: str | None) -> int | None:
-    if value is None or not value.lstrip("-").isdecimal():
-        return None
-    return int(value)
 
 
 class TaskSet:
@@ -147,7 +142,7 @@ class RunView(Run):
     @property
     def total(self) -> int | None:
         """The tasks its emit says it holds (None until an emit line says)."""
-        return _int(self.emitted.get("total"))
+        return read_int(self.emitted.get("total"), MAX_ROW)
 
     @property
     def emit_started(self) -> float | None:

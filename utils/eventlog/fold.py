@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
-from utils.eventlog.format import parse_ts
+from utils.eventlog.format import parse_ts, read_int
 from utils.eventlog.jobs import job_record
 from utils.eventlog.records import (
     EMIT_ENDINGS,
@@ -74,10 +74,7 @@ _RUN_TIME = re.compile(r"(\d{8}T\d{6})-")
 
 
 def _int(value: str | None) -> int | None:
-    if not value or len(value) > 20 or not value.lstrip("-").isdecimal():
-        return None
-    n = int(value)
-    return n if -MAX_ROW <= n <= MAX_ROW else None
+    return read_int(value, MAX_ROW)
 
 
 def _bad_numbers(ts: datetime, f: dict[str, str]) -> str:

@@ -55,6 +55,16 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
 
+def read_int(value: str | None, bound: int) -> int | None:
+    """A whole number read from a line, or None: decimal digits (a leading '-' allowed),
+    no larger than bound either way. Any length is refused cheaply, before int() (which
+    takes "²" for a digit no more than str.isdecimal does, and refuses 4,300 digits or more)."""
+    if not value or len(value) > len(str(bound)) + 1 or not value.lstrip("-").isdecimal():
+        return None
+    n = int(value)
+    return n if -bound <= n <= bound else None
+
+
 def parse_ts(value: str) -> datetime:
     """A log line's time; ValueError when it is not one, or outside EARLIEST..LATEST."""
     ts = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from utils.eventlog.format import read_int
+
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 #: A results folder as the worker names it: results/<run>/<row>/<attempt>, each part made
 #: of letters, digits, _ . - and never . or .. (worker/results.py).
@@ -37,8 +39,9 @@ def _count(f: dict[str, str], key: str, bad: list[str]) -> int | None:
     v = f.get(key)
     if v is None:
         return None
-    if v.isdecimal() and len(v) <= 15 and int(v) < _MAX_INT:
-        return int(v)
+    n = read_int(v, _MAX_INT - 1)
+    if n is not None and n >= 0:
+        return n
     bad.append(f"{key}={v[:20]!r} is not a count")
     return None
 
